@@ -1,0 +1,164 @@
+"""Signed checkpoints: what a table looked like at a moment, under an RSA signature.
+
+A checkpoint pins a table's tree size, Merkle root and chain head. The hash chain alone
+cannot catch a full delete-and-rewrite or a truncated tail; a rewritten chain cannot
+reproduce a signed head without the original records, and a truncated one loses it.
+Signature: RSA PKCS#1 v1.5 over SHA-256 of `signed_bytes()` (docs/format.md). Checkpoints
+are appended to `checkpoints.log`, one JSON object per line.
+"""
+
+import base64
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from quipu.core.errors import UnsupportedFormat
+from quipu.core.keyring import RsaKey
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+SIGNING_TAG = b"quipu-checkpoint-v1"
+LOG_NAME = "checkpoints.log"
+
+AnchorHook = Callable[["Checkpoint"], None]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    table: str
+    created_at: int
+    segment_seq: int
+    record_count: int  # records on disk: shrinks after a retention purge
+    tree_size: int  # leaves ever appended: never shrinks
+    merkle_root: bytes
+    chain_head: bytes
+    key_version: int
+    signature: bytes = b""
+
+    def signed_bytes(self) -> bytes:
+        """The exact bytes the signature covers: one field a line, hashes in hex."""
+        fields = (
+            SIGNING_TAG.decode(),
+            self.table,
+            self.created_at,
+            self.segment_seq,
+            self.record_count,
+            self.tree_size,
+            self.merkle_root.hex(),
+            self.chain_head.hex(),
+            self.key_version,
+        )
+        return "".join(f"{f}\n" for f in fields).encode()
+
+    def signed_with(self, key: RsaKey) -> "Checkpoint":
+        if key.private is None:
+            raise ValueError("signing needs the private key")
+        unsigned = replace(self, key_version=key.version, signature=b"")
+        sig = key.private.sign(unsigned.signed_bytes(), padding.PKCS1v15(), hashes.SHA256())
+        return replace(unsigned, signature=sig)
+
+    def signature_valid(self, public: rsa.RSAPublicKey) -> bool:
+        try:
+            public.verify(self.signature, self.signed_bytes(), padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature:
+            return False
+        return True
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": VERSION,
+                "table": self.table,
+                "created_at": self.created_at,
+                "segment_seq": self.segment_seq,
+                "record_count": self.record_count,
+                "tree_size": self.tree_size,
+                "merkle_root": self.merkle_root.hex(),
+                "chain_head": self.chain_head.hex(),
+                "key_version": self.key_version,
+                "signature": base64.b64encode(self.signature).decode(),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, line: bytes) -> "Checkpoint":
+        obj = orjson.loads(line)
+        if obj.get("v") != VERSION:
+            raise UnsupportedFormat(f"checkpoint format version {obj.get('v')} is not supported")
+        return cls(
+            table=obj["table"],
+            created_at=obj["created_at"],
+            segment_seq=obj["segment_seq"],
+            record_count=obj["record_count"],
+            tree_size=obj["tree_size"],
+            merkle_root=bytes.fromhex(obj["merkle_root"]),
+            chain_head=bytes.fromhex(obj["chain_head"]),
+            key_version=obj["key_version"],
+            signature=base64.b64decode(obj["signature"], validate=True),
+        )
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One line of checkpoints.log: a checkpoint, or why the line could not be read."""
+
+    line_no: int
+    checkpoint: Checkpoint | None
+    problem: str | None = None
+
+
+class CheckpointLog:
+    """The append-only `checkpoints.log` at the store root."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._drop_torn_line()
+
+    def append(self, checkpoint: Checkpoint) -> None:
+        """Append one line and fsync it before anyone (the anchor hook) is told."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, checkpoint.to_json() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def entries(self) -> list[CheckpointEntry]:
+        if not self.path.exists():
+            return []
+        out = []
+        for no, line in enumerate(self.path.read_bytes().splitlines(), start=1):
+            try:
+                out.append(CheckpointEntry(no, Checkpoint.from_json(line)))
+            except (ValueError, KeyError, TypeError) as err:
+                out.append(
+                    CheckpointEntry(no, None, f"checkpoints.log line {no} unreadable: {err}")
+                )
+        return out
+
+    def latest(self, table: str) -> Checkpoint | None:
+        found = [
+            e.checkpoint for e in self.entries() if e.checkpoint and e.checkpoint.table == table
+        ]
+        return found[-1] if found else None
+
+    def _drop_torn_line(self) -> None:
+        """A crash mid-append leaves a last line without its newline: it was never
+        acknowledged (fsync had not returned), so it is cut off."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            log.warning("%s: dropping a torn last line of %d bytes", self.path, len(data) - keep)
+            with open(self.path, "r+b") as f:
+                f.truncate(keep)
+                os.fsync(f.fileno())

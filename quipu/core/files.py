@@ -1,0 +1,33 @@
+"""The few file-system primitives the engine's durability rests on."""
+
+import os
+from pathlib import Path
+
+
+def write_all(fd: int, data: bytes | bytearray, offset: int) -> None:
+    """pwrite until every byte is written: a short write is not an error in POSIX."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a create, rename or unlink inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_durably(path: Path, data: bytes) -> None:
+    """Write `data` to `path` by temp file + fsync + rename: readers see old or new, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

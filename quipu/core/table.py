@@ -1,0 +1,338 @@
+"""A table: one append-only sequence of records with its own chain and Merkle tree.
+
+Records live in segments (`<table>/<seq>.qseg`); the tree lives in the spine
+(`<table>/spine.qspn`). A record's position in the tree is its global index, which never
+changes: retention unlinks old segments but the tree size only grows. Appends are
+single-writer (the lock also serialises the group-commit timer); reads of sealed segments
+need no lock.
+"""
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quipu.core.chain import chain_next, genesis_seed
+from quipu.core.errors import BadInput, Conflict, CorruptStore, NotFound
+from quipu.core.files import fsync_dir
+from quipu.core.merkle import LEAF_PREFIX
+from quipu.core.proof import ConsistencyProof, InclusionProof
+from quipu.core.retention import RetentionPolicy
+from quipu.core.segment import SUFFIX, Record, Segment, SegmentHeader, segment_name
+from quipu.core.spine import MerkleSpine
+from quipu.core.sync import IntervalSync, SyncPolicy
+
+log = logging.getLogger(__name__)
+
+SPINE_NAME = "spine.qspn"
+_sha256 = hashlib.sha256
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    max_segment_bytes: int = 16 << 20
+    sync: SyncPolicy = field(default_factory=lambda: SyncPolicy.every_n_or_interval(1000, 0.02))
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+
+    def __post_init__(self) -> None:
+        if self.max_segment_bytes < 4096:
+            raise BadInput(f"max_segment_bytes must be at least 4096, got {self.max_segment_bytes}")
+
+
+@dataclass(frozen=True)
+class TableState:
+    segment_seq: int
+    record_count: int
+    tree_size: int
+    merkle_root: bytes
+    chain_head: bytes
+    first_index: int
+
+
+class Table:
+    """Segments + hash chain + Merkle spine of one table. Built by `Table.open`."""
+
+    def __init__(
+        self,
+        directory: Path,
+        name: str,
+        store_id: bytes,
+        config: TableConfig,
+        quarantine: Path,
+        clock: Callable[[], int],
+        on_seal: Callable[["Table"], None],
+    ) -> None:
+        self.directory = directory
+        self.name = name
+        self.store_id = store_id
+        self.config = config
+        self._quarantine = quarantine
+        self._clock = clock
+        self._on_seal = on_seal
+        self._lock = threading.RLock()  # a seal checkpoints from inside append
+        self._unsynced = 0
+        self._closed = False
+        self._segments = self._open_segments()
+        self._spine = MerkleSpine.open(directory / SPINE_NAME)
+        self._reconcile_spine()
+        self._timer = (
+            IntervalSync(config.sync.interval, self.sync_pending)
+            if config.sync.kind == "every_n_or_interval"
+            else None
+        )
+
+    # --- state ---------------------------------------------------------------------
+
+    @property
+    def tree_size(self) -> int:
+        return self._spine.size
+
+    @property
+    def first_index(self) -> int:
+        """Global index of the oldest retained record."""
+        return self._segments[0].header.base_index
+
+    @property
+    def record_count(self) -> int:
+        return self.tree_size - self.first_index
+
+    @property
+    def chain_head(self) -> bytes:
+        return self._active.last_chain
+
+    @property
+    def segments(self) -> list[Segment]:
+        return list(self._segments)
+
+    @property
+    def spine(self) -> MerkleSpine:
+        return self._spine
+
+    @property
+    def _active(self) -> Segment:
+        return self._segments[-1]
+
+    def bytes_on_disk(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    # --- writing -------------------------------------------------------------------
+
+    def append(self, payload: bytes, ts: int | None = None) -> int:
+        """Append one record; returns its global index (its leaf index in the tree)."""
+        return self.append_many((payload,), ts).start
+
+    def append_many(self, payloads: Iterable[bytes], ts: int | None = None) -> range:
+        """Append records in one batch (one sync decision); returns their indexes."""
+        with self._lock:
+            if self._closed:
+                raise Conflict(f"table {self.name} is closed")
+            ts = self._clock() if ts is None else ts
+            if ts < 0:
+                raise BadInput(f"record timestamp must not be negative, got {ts}")
+            start = self._spine.size
+            seg, spine, head = self._active, self._spine, self._active.last_chain
+            limit = self.config.max_segment_bytes
+            for payload in payloads:
+                leaf = _sha256(LEAF_PREFIX + payload).digest()
+                head = chain_next(head, ts, leaf)
+                seg.append(ts, head, payload)
+                spine.append(leaf)
+                if seg.size >= limit:
+                    self._roll()
+                    seg = self._active
+            count = spine.size - start
+            self._after_append(count)
+            return range(start, start + count)
+
+    def flush(self) -> None:
+        """Make every record appended so far durable."""
+        with self._lock:
+            if not self._closed:
+                self._sync()
+
+    def sync_pending(self) -> None:
+        """Sync if anything is unsynced (the group-commit timer calls this)."""
+        with self._lock:
+            if self._unsynced and not self._closed:
+                self._sync()
+
+    def _after_append(self, count: int) -> None:
+        policy = self.config.sync
+        self._unsynced += count
+        if policy.kind == "always" or (
+            policy.kind in ("every_n", "every_n_or_interval") and self._unsynced >= policy.n
+        ):
+            self._sync()
+        elif policy.kind == "os_managed":
+            self._active.write_out()
+            self._spine.write_out()
+        elif self._timer is not None and self._unsynced == count:
+            self._timer.arm()
+
+    def _sync(self) -> None:
+        """Records first, then the spine: after a crash the spine may lag the records
+        (it is rebuilt from them on open), never the other way round for synced data."""
+        self._active.sync()
+        self._spine.sync()
+        self._unsynced = 0
+
+    def _roll(self) -> None:
+        """Seal the active segment and start the next one, seeded with its chain head."""
+        self._spine.sync()
+        sealed = self._active
+        sealed.seal(self._clock())
+        self._unsynced = 0
+        header = SegmentHeader(
+            self.store_id, sealed.header.seq + 1, self.tree_size, self._clock(), sealed.last_chain
+        )
+        self._segments.append(Segment.create(self.directory / segment_name(header.seq), header))
+        self._on_seal(self)
+
+    def state(self, durable: bool = True) -> "TableState":
+        """A consistent view of the table for a checkpoint; `durable` syncs first, so a
+        signed head is never ahead of what is on disk."""
+        with self._lock:
+            if durable and not self._closed:
+                self._sync()
+            return TableState(
+                self._active.header.seq,
+                self.record_count,
+                self.tree_size,
+                self._spine.root(),
+                self.chain_head,
+                self.first_index,
+            )
+
+    # --- retention -----------------------------------------------------------------
+
+    def expired_segments(self, now: int, policy: RetentionPolicy | None = None) -> int:
+        with self._lock:
+            return (policy or self.config.retention).expired_prefix(self._segments, now)
+
+    def drop_oldest(self, count: int, before_unlink: Callable[["Table"], None]) -> None:
+        """Unlink the `count` oldest sealed segments (retention); never the active one.
+
+        `before_unlink` runs once the table already describes the purged state and before
+        any file goes: it signs the purge's checkpoint, so a crash in between leaves extra
+        records on disk (verify says the purge is incomplete), never unaccounted-for gaps.
+        """
+        with self._lock:
+            if not 0 <= count < len(self._segments):
+                raise BadInput(f"cannot drop {count} of {len(self._segments)} segments")
+            doomed, self._segments = self._segments[:count], self._segments[count:]
+            before_unlink(self)
+        for seg in doomed:
+            seg.path.unlink()
+        if doomed:
+            fsync_dir(self.directory)
+
+    # --- proofs and reads ------------------------------------------------------------
+
+    def root(self, size: int | None = None) -> bytes:
+        with self._lock:
+            return self._spine.root(size)
+
+    def prove_inclusion(self, index: int, tree_size: int | None = None) -> InclusionProof:
+        with self._lock:
+            size = self.tree_size if tree_size is None else tree_size
+            if not 0 <= index < size <= self.tree_size:
+                raise NotFound(f"no leaf {index} in a tree of size {size} (table {self.name})")
+            return InclusionProof(
+                index,
+                size,
+                self._spine.leaf(index),
+                self._spine.inclusion_proof(index, size),
+                self._spine.root(size),
+            )
+
+    def prove_consistency(self, first: int, second: int | None = None) -> ConsistencyProof:
+        with self._lock:
+            second = self.tree_size if second is None else second
+            if not 0 < first <= second <= self.tree_size:
+                raise BadInput(
+                    f"consistency needs 0 < first <= second <= {self.tree_size}; "
+                    f"got first={first}, second={second}"
+                )
+            return ConsistencyProof(
+                first,
+                second,
+                self._spine.root(first),
+                self._spine.root(second),
+                self._spine.consistency_proof(first, second),
+            )
+
+    def records(self, start: int = 0) -> Iterator[Record]:
+        """Retained records from global index `start` on, oldest first."""
+        with self._lock:
+            self._active.write_out()
+            segments = list(self._segments)
+        for i, seg in enumerate(segments):
+            nxt = segments[i + 1].header.base_index if i + 1 < len(segments) else None
+            if nxt is not None and nxt <= start:
+                continue
+            for rec in seg.records():
+                if rec.index >= start:
+                    yield rec
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._sync()
+            self._active.close()
+            self._spine.close()
+            self._closed = True
+        if self._timer is not None:
+            self._timer.stop()
+
+    # --- opening -------------------------------------------------------------------
+
+    def _open_segments(self) -> list[Segment]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        paths = sorted(self.directory.glob(f"*{SUFFIX}"))
+        segments = [Segment.open_sealed(p) for p in paths[:-1]]
+        if paths:
+            last = Segment.open_active(paths[-1], self._quarantine)
+            segments.append(last)
+            if last.seal_info is None:
+                return segments
+            seq, base, seed = (
+                last.header.seq + 1,
+                last.header.base_index + last.count,
+                last.last_chain,
+            )
+        else:
+            seq, base, seed = 1, 0, genesis_seed(self.store_id, self.name)
+        header = SegmentHeader(self.store_id, seq, base, self._clock(), seed)
+        segments.append(Segment.create(self.directory / segment_name(seq), header))
+        return segments
+
+    def _reconcile_spine(self) -> None:
+        """Bring the spine to exactly the records on disk after a crash."""
+        active = self._active
+        expected = active.header.base_index + active.count
+        spine = self._spine
+        if spine.size > expected:
+            log.warning(
+                "%s: spine has %d leaves but %d records exist; cutting the spine back",
+                self.directory,
+                spine.size,
+                expected,
+            )
+            spine.truncate(expected)
+        if spine.size < active.header.base_index:
+            raise CorruptStore(
+                f"{self.directory}: the Merkle spine ends at leaf {spine.size}, before the "
+                f"active segment (leaf {active.header.base_index}); run verify_integrity()"
+            )
+        for rec in active.records():
+            if rec.index >= spine.size:
+                spine.append(_sha256(LEAF_PREFIX + rec.payload).digest())
+        spine.sync()
