@@ -138,16 +138,12 @@ class CheckpointLog:
         for no, line in enumerate(self.path.read_bytes().splitlines(), start=1):
             try:
                 out.append(CheckpointEntry(no, Checkpoint.from_json(line)))
-            except (ValueError, KeyError, TypeError) as err:
-                out.append(
-                    CheckpointEntry(no, None, f"checkpoints.log line {no} unreadable: {err}")
-                )
+            except (UnsupportedFormat, ValueError, KeyError, TypeError) as err:
+                out.append(CheckpointEntry(no, None, f"checkpoints.log line {no} unreadable: {err}"))
         return out
 
     def latest(self, table: str) -> Checkpoint | None:
-        found = [
-            e.checkpoint for e in self.entries() if e.checkpoint and e.checkpoint.table == table
-        ]
+        found = [e.checkpoint for e in self.entries() if e.checkpoint and e.checkpoint.table == table]
         return found[-1] if found else None
 
     def _drop_torn_line(self) -> None:

@@ -1,7 +1,14 @@
 """The few file-system primitives the engine's durability rests on."""
 
+import errno
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from quipu.core.errors import StorageFull
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def write_all(fd: int, data: bytes | bytearray, offset: int) -> None:
@@ -31,3 +38,14 @@ def replace_durably(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+@contextmanager
+def classify_disk_full(what: str) -> Iterator[None]:
+    """Turn ENOSPC/EDQUOT into StorageFull, the one place the engine classifies a full disk."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in _FULL:
+            raise StorageFull(f"disk full while {what}; free space, then flush() again") from err
+        raise

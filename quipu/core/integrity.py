@@ -48,9 +48,7 @@ def verify_tables(
             report.problem(entry.problem)
     for table in tables:
         cps = [
-            (e.line_no, e.checkpoint)
-            for e in entries
-            if e.checkpoint and e.checkpoint.table == table.name
+            (e.line_no, e.checkpoint) for e in entries if e.checkpoint and e.checkpoint.table == table.name
         ]
         _TableCheck(table, report).run(cps, keys)
     return report
@@ -68,7 +66,7 @@ class _TableCheck:
         self.report.problem(f"{self.name}: {text}")
 
     def run(self, checkpoints: list[tuple[int, Checkpoint]], keys: KeyRing) -> None:
-        state = self.table.state(durable=True)
+        state = self.table.state()
         want = {cp.tree_size - 1 for _, cp in checkpoints}
         leaves = self.table.spine.recomputed_leaves()
         try:
@@ -95,13 +93,9 @@ class _TableCheck:
             if h.store_id != self.table.store_id:
                 return self.problem(f"segment {where} belongs to another store")
             if where != segment_name(h.seq):
-                return self.problem(
-                    f"segment {where} holds sequence {h.seq} (segments swapped or renamed)"
-                )
+                return self.problem(f"segment {where} holds sequence {h.seq} (segments swapped or renamed)")
             if prev_seq is not None and h.seq != prev_seq + 1:
-                return self.problem(
-                    f"segment {where} follows sequence {prev_seq}: a segment was removed"
-                )
+                return self.problem(f"segment {where} follows sequence {prev_seq}: a segment was removed")
             if h.base_index != index:
                 return self.problem(
                     f"segment {where} starts at record {h.base_index}, expected {index} "
@@ -119,9 +113,7 @@ class _TableCheck:
                 return None
             index, expected_seed, prev_seq = h.base_index + seg.count, head, h.seq
         if index != tree_size:
-            self.problem(
-                f"the segments hold records up to {index} but the Merkle tree has {tree_size}"
-            )
+            self.problem(f"the segments hold records up to {index} but the Merkle tree has {tree_size}")
         return None
 
     def _check_frames(
@@ -133,27 +125,18 @@ class _TableCheck:
             if frame.problem:
                 return self.problem(f"segment {where}: {frame.problem} at offset {frame.offset}")
             if sealed is not None:
-                return self.problem(
-                    f"segment {where}: data after the seal at offset {frame.offset}"
-                )
+                return self.problem(f"segment {where}: data after the seal at offset {frame.offset}")
             if frame.kind == KIND_SEAL:
                 sealed = seal_fields(frame.body)
-                if (
-                    sealed.record_count != index - seg.header.base_index
-                    or sealed.chain_head != head
-                ):
+                if sealed.record_count != index - seg.header.base_index or sealed.chain_head != head:
                     return self.problem(f"segment {where}: seal does not match its records")
                 continue
             ts, chain, payload = record_fields(frame.body)
             leaf = leaf_hash(payload)
             if chain != chain_next(head, ts, leaf):
-                return self.problem(
-                    f"record {index} (segment {where}): chain value mismatch (record edited)"
-                )
+                return self.problem(f"record {index} (segment {where}): chain value mismatch (record edited)")
             if next(leaves, None) != leaf:
-                return self.problem(
-                    f"record {index} (segment {where}): leaf differs from the Merkle spine"
-                )
+                return self.problem(f"record {index} (segment {where}): leaf differs from the Merkle spine")
             if index in want:
                 self.chain_at[index] = chain
             head = chain
@@ -179,17 +162,13 @@ class _TableCheck:
                 self.problem(f"{tag}: tree size went back from {prev_size} to {cp.tree_size}")
             prev_size = max(prev_size, cp.tree_size)
             if cp.tree_size > tree_size:
-                self.problem(
-                    f"{tag}: covers {cp.tree_size} records but the tree has {tree_size} (truncated)"
-                )
+                self.problem(f"{tag}: covers {cp.tree_size} records but the tree has {tree_size} (truncated)")
                 continue
             if cp.tree_size and spine.root(cp.tree_size) != cp.merkle_root:
                 self.problem(f"{tag}: Merkle root at size {cp.tree_size} differs (log rewritten)")
             seen = self.chain_at.get(cp.tree_size - 1)
             if seen is not None and seen != cp.chain_head:
-                self.problem(
-                    f"{tag}: chain head differs from the record it covers (chain rewritten)"
-                )
+                self.problem(f"{tag}: chain head differs from the record it covers (chain rewritten)")
         if checkpoints:
             self._check_latest(checkpoints[-1][1], tree_size, first)
 
@@ -198,11 +177,7 @@ class _TableCheck:
         purged data: its head must still be on disk and the record count must add up."""
         if cp.tree_size > tree_size:
             return
-        head = (
-            self.chain_at.get(cp.tree_size - 1)
-            if cp.record_count
-            else self.seed_at.get(cp.tree_size)
-        )
+        head = self.chain_at.get(cp.tree_size - 1) if cp.record_count else self.seed_at.get(cp.tree_size)
         if head != cp.chain_head:
             self.problem(
                 f"latest checkpoint head (record {cp.tree_size - 1}) is missing from the chain "

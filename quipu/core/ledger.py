@@ -63,12 +63,16 @@ class Ledger:
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         lock = StoreLock(root)
+        ledger = None
         try:
             ledger = cls(root, lock, _store_id(root, clock), keys or KeyRing(), anchor, clock)
             for name, config in (tables or {DEFAULT_TABLE: TableConfig()}).items():
                 ledger._open_table(name, config)
         except BaseException:
-            lock.release()
+            if ledger is not None:
+                ledger.close()
+            else:
+                lock.release()
             raise
         return ledger
 
@@ -119,11 +123,11 @@ class Ledger:
     def _checkpoint_on_seal(self, table: Table) -> None:
         self._sign_checkpoint(table)
 
-    def _sign_checkpoint(self, table: Table, durable: bool = True) -> Checkpoint | None:
+    def _sign_checkpoint(self, table: Table) -> Checkpoint | None:
         key = self._keys.signing_key()
         if key is None:
             return None
-        state = table.state(durable)
+        state = table.state()
         checkpoint = Checkpoint(
             table.name,
             self._clock(),
@@ -156,7 +160,7 @@ class Ledger:
         for name, table in self._tables.items():
             count = table.expired_segments(now)
             if count:
-                table.drop_oldest(count, lambda t: self._sign_checkpoint(t, durable=False))
+                table.drop_oldest(count, self._sign_checkpoint)
                 log.info("retention: %s dropped %d sealed segments", name, count)
             dropped[name] = count
         return dropped

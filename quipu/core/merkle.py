@@ -4,6 +4,10 @@ Everything a third party needs to check a Quipu proof is in this module; it touc
 clock or global. The verifiers follow the algorithms of RFC 9162 §2.1.3.2 and §2.1.4.2,
 which verify proofs built exactly as RFC 6962 §2.1.1 (PATH) and §2.1.2 (PROOF) define them.
 Proof construction lives apart, in `quipu.core.proof`.
+
+A proof commits to a root, not to a tree size: as in RFC 9162, an inclusion path for
+(leaf 0, size 8) also verifies for sizes 5..7 against the same root. What binds a size to
+a root is the signed checkpoint; check the (tree_size, root) pair there.
 """
 
 import hashlib
@@ -54,9 +58,7 @@ def mth_of_leaf_hashes(leaves: Sequence[bytes]) -> bytes:
     return node_hash(mth_of_leaf_hashes(leaves[:k]), mth_of_leaf_hashes(leaves[k:]))
 
 
-def root_from_inclusion_proof(
-    leaf_index: int, tree_size: int, leaf: bytes, path: Sequence[bytes]
-) -> bytes:
+def root_from_inclusion_proof(leaf_index: int, tree_size: int, leaf: bytes, path: Sequence[bytes]) -> bytes:
     """Fold an inclusion path into the root it implies (RFC 9162 §2.1.3.2, steps 1-4).
 
     Requires 0 <= leaf_index < tree_size; `leaf` is the leaf *hash*.

@@ -7,6 +7,7 @@ is moved to the quarantine folder and cut off, so it is never misread and never 
 destroyed. Layouts are in docs/format.md.
 """
 
+import hashlib
 import logging
 import os
 import struct
@@ -15,14 +16,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from quipu.core.chain import CHAIN_TAG
 from quipu.core.errors import CorruptStore, UnsupportedFormat
 from quipu.core.files import fsync_dir, write_all
+from quipu.core.merkle import LEAF_PREFIX
 
 log = logging.getLogger(__name__)
+_sha256 = hashlib.sha256
 
 MAGIC = b"QSEG"
 VERSION = 1
 SUFFIX = ".qseg"
+TMP_SUFFIX = ".tmp"
 
 # magic, version, header size, store id, seq, base index, created_at (µs), seed
 _HEADER = struct.Struct("<4sHH16sQQQ32s")
@@ -35,6 +40,7 @@ KIND_SEAL = 2
 _RECORD = struct.Struct("<BQ32s")  # kind, ts (µs), chain value; the payload follows
 _SEAL = struct.Struct("<BQQQQ32s")  # kind, sealed_at, record count, min ts, max ts, chain head
 SEAL_FRAME_SIZE = _FRAME.size + _SEAL.size
+_RECORD_OVERHEAD = _FRAME.size + _RECORD.size
 MAX_FRAME_BODY = 1 << 30
 
 
@@ -126,10 +132,13 @@ class Segment:
 
     @classmethod
     def create(cls, path: Path, header: SegmentHeader) -> "Segment":
-        """Create an empty active segment and make its existence durable."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        """Create an empty active segment; it appears under its name only with a complete,
+        durable header (temp file + fsync + rename), so a crash never leaves a headless one."""
+        tmp = path.with_name(path.name + TMP_SUFFIX)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         os.write(fd, header.pack())
         os.fsync(fd)
+        os.rename(tmp, path)
         fsync_dir(path.parent)
         seg = cls(path, header, HEADER_SIZE)
         seg._fd = fd
@@ -148,25 +157,30 @@ class Segment:
         return seg
 
     @classmethod
-    def open_active(cls, path: Path, quarantine: Path) -> "Segment":
-        """Walk every frame; cut a torn tail off (into `quarantine`) and open for append."""
-        fd = os.open(path, os.O_RDWR)
-        data = _read_all(fd)
-        header = SegmentHeader.unpack(path, data)
-        seg = cls(path, header, HEADER_SIZE)
+    def open_active(cls, path: Path, quarantine: Path, leaves: list[bytes]) -> "Segment":
+        """Walk every frame; cut a torn tail off (into `quarantine`) and open for append.
+
+        The leaf hash of every record is added to `leaves`: the table rebuilds the spine's
+        unsealed tail from them, since only the records themselves are fsynced. A segment
+        that turns out to be sealed (a crash right after sealing) stays read-only.
+        """
+        data = path.read_bytes()
+        seg = cls(path, SegmentHeader.unpack(path, data), HEADER_SIZE)
+        torn = None
         for frame in iter_frames(data):
             if frame.problem:
-                _quarantine_tail(path, fd, data, frame, quarantine)
+                torn = frame
                 break
             if frame.kind == KIND_RECORD:
                 seg._apply_record(frame.body)
+                leaves.append(_sha256(LEAF_PREFIX + frame.body[_RECORD.size :]).digest())
             elif frame.kind == KIND_SEAL:
                 seg._apply_seal(frame)
             seg.size = seg._written = frame.end
-        if seg.seal_info is not None:
-            os.close(fd)
-        else:
-            seg._fd = fd
+        if seg.seal_info is None:
+            seg._fd = os.open(path, os.O_RDWR)
+            if torn is not None:
+                _quarantine_tail(path, seg._fd, data, torn, quarantine)
         return seg
 
     def _apply_record(self, body: bytes) -> None:
@@ -185,18 +199,33 @@ class Segment:
 
     # --- writing -------------------------------------------------------------------
 
-    def append(self, ts: int, chain: bytes, payload: bytes) -> None:
-        """Buffer one record frame; `write_out`/`sync` hand it to the OS."""
-        body = _RECORD.pack(KIND_RECORD, ts, chain) + payload
-        self._pending += _FRAME.pack(len(body), zlib.crc32(body))
-        self._pending += body
-        self.size += _FRAME.size + len(body)
-        self.count += 1
-        self.last_chain = chain
-        if self.min_ts is None or ts < self.min_ts:
-            self.min_ts = ts
-        if self.max_ts is None or ts > self.max_ts:
-            self.max_ts = ts
+    def append_records(self, ts: int, payloads: Iterator[bytes], limit: int, leaves: list[bytes]) -> None:
+        """Frame records from `payloads` into the buffer until it is exhausted or the
+        segment reaches `limit` bytes; each record's leaf hash is added to `leaves`.
+
+        This is the write hot path, so the leaf hash (merkle.leaf_hash) and the chain step
+        (chain.chain_next) are inlined; verify_integrity recomputes both with those functions.
+        """
+        sha, crc32, pack_record, pack_frame = _sha256, zlib.crc32, _RECORD.pack, _FRAME.pack
+        pending, head, size = self._pending, self.last_chain, self.size
+        stamp, count = CHAIN_TAG, 0
+        ts_bytes = ts.to_bytes(8, "little")
+        for payload in payloads:
+            leaf = sha(LEAF_PREFIX + payload).digest()
+            head = sha(stamp + head + ts_bytes + leaf).digest()
+            prefix = pack_record(KIND_RECORD, ts, head)
+            pending += pack_frame(len(prefix) + len(payload), crc32(payload, crc32(prefix)))
+            pending += prefix
+            pending += payload
+            leaves.append(leaf)
+            size += _RECORD_OVERHEAD + len(payload)
+            count += 1
+            if size >= limit:
+                break
+        if count:
+            self.size, self.last_chain, self.count = size, head, self.count + count
+            self.min_ts = ts if self.min_ts is None else min(self.min_ts, ts)
+            self.max_ts = ts if self.max_ts is None else max(self.max_ts, ts)
 
     def write_out(self) -> None:
         if self._pending:

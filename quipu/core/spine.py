@@ -8,18 +8,20 @@ hash and then every subtree it completes, so the file only ever grows at its end
 reads O(log n) nodes with `pread`; nothing is loaded at open but the right edge.
 """
 
+import hashlib
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from quipu.core.errors import CorruptStore, UnsupportedFormat
 from quipu.core.files import write_all
-from quipu.core.merkle import HASH_SIZE, empty_root, node_hash, split_point
+from quipu.core.merkle import HASH_SIZE, NODE_PREFIX, empty_root, node_hash, split_point
 from quipu.core.proof import consistency_path, inclusion_path
 
 MAGIC = b"QSPN"
 VERSION = 1
+_sha256 = hashlib.sha256
 _HEADER = struct.Struct("<4sHH8x")  # magic, version, reserved(u16), reserved(8 bytes)
 HEADER_SIZE = _HEADER.size
 
@@ -73,18 +75,24 @@ class MerkleSpine:
         """Tree size: the number of leaves ever appended."""
         return self._leaves
 
-    def append(self, leaf: bytes) -> None:
-        """Add a leaf hash and every complete subtree it closes."""
-        pending = self._pending
-        frontier = self._frontier
-        pending += leaf
-        h, n = leaf, self._leaves
-        while n & 1:
-            h = node_hash(frontier.pop(), h)
-            pending += h
-            n >>= 1
-        frontier.append(h)
-        self._leaves += 1
+    def extend(self, leaves: Iterable[bytes]) -> None:
+        """Add leaf hashes and every complete subtree they close (node_hash inlined: hot path)."""
+        pending, frontier, n = self._pending, self._frontier, self._leaves
+        sha, prefix = _sha256, NODE_PREFIX
+        for leaf in leaves:
+            pending += leaf
+            h, m = leaf, n
+            while m & 1:
+                h = sha(prefix + frontier.pop() + h).digest()
+                pending += h
+                m >>= 1
+            frontier.append(h)
+            n += 1
+        self._leaves = n
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._pending)
 
     def write_out(self) -> None:
         """Hand pending nodes to the OS (no fsync)."""
@@ -99,10 +107,9 @@ class MerkleSpine:
         os.fsync(self._fd)
 
     def truncate(self, leaves: int) -> None:
-        """Cut the spine back to `leaves` leaves (recovery after a torn record tail)."""
+        """Cut the spine back to `leaves` leaves (the table rebuilds the rest on open)."""
         self.write_out()
         os.ftruncate(self._fd, HEADER_SIZE + nodes_for(leaves) * HASH_SIZE)
-        os.fsync(self._fd)
         self._leaves = leaves
         self._written_nodes = nodes_for(leaves)
         self._frontier = self._load_frontier(leaves)

@@ -95,9 +95,11 @@ class IntervalSync:
         self._thread.join()
 
     def _run(self) -> None:
-        while True:
+        # Clear before waiting out the interval: an arm() that lands during the wait
+        # (after a count-triggered sync) then schedules one more round instead of being lost.
+        while not self._stopped.is_set():
             self._armed.wait()
+            self._armed.clear()
             if self._stopped.wait(self._interval):
                 return
-            self._armed.clear()
             self._sync_pending()

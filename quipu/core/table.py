@@ -7,7 +7,6 @@ single-writer (the lock also serialises the group-commit timer); reads of sealed
 need no lock.
 """
 
-import hashlib
 import logging
 import threading
 import time
@@ -15,20 +14,19 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quipu.core.chain import chain_next, genesis_seed
+from quipu.core.chain import genesis_seed
 from quipu.core.errors import BadInput, Conflict, CorruptStore, NotFound
-from quipu.core.files import fsync_dir
-from quipu.core.merkle import LEAF_PREFIX
+from quipu.core.files import classify_disk_full, fsync_dir
 from quipu.core.proof import ConsistencyProof, InclusionProof
 from quipu.core.retention import RetentionPolicy
-from quipu.core.segment import SUFFIX, Record, Segment, SegmentHeader, segment_name
+from quipu.core.segment import SUFFIX, TMP_SUFFIX, Record, Segment, SegmentHeader, segment_name
 from quipu.core.spine import MerkleSpine
 from quipu.core.sync import IntervalSync, SyncPolicy
 
 log = logging.getLogger(__name__)
 
 SPINE_NAME = "spine.qspn"
-_sha256 = hashlib.sha256
+SPINE_WRITE_BYTES = 1 << 16  # os_managed: hand the spine to the OS in 64 KiB writes
 
 
 def now_micros() -> int:
@@ -79,13 +77,16 @@ class Table:
         self._lock = threading.RLock()  # a seal checkpoints from inside append
         self._unsynced = 0
         self._closed = False
-        self._segments = self._open_segments()
+        self._scanned_base = 0
+        active_leaves: list[bytes] = []
+        self._segments = self._open_segments(active_leaves)
         self._spine = MerkleSpine.open(directory / SPINE_NAME)
-        self._reconcile_spine()
+        self._rebuild_spine_tail(active_leaves)
+        policy = config.sync
+        self._sync_every = policy.n if policy.kind != "os_managed" else float("inf")
+        self._os_managed = policy.kind == "os_managed"
         self._timer = (
-            IntervalSync(config.sync.interval, self.sync_pending)
-            if config.sync.kind == "every_n_or_interval"
-            else None
+            IntervalSync(policy.interval, self.sync_pending) if policy.kind == "every_n_or_interval" else None
         )
 
     # --- state ---------------------------------------------------------------------
@@ -136,19 +137,19 @@ class Table:
             ts = self._clock() if ts is None else ts
             if ts < 0:
                 raise BadInput(f"record timestamp must not be negative, got {ts}")
-            start = self._spine.size
-            seg, spine, head = self._active, self._spine, self._active.last_chain
-            limit = self.config.max_segment_bytes
-            for payload in payloads:
-                leaf = _sha256(LEAF_PREFIX + payload).digest()
-                head = chain_next(head, ts, leaf)
-                seg.append(ts, head, payload)
-                spine.append(leaf)
-                if seg.size >= limit:
-                    self._roll()
-                    seg = self._active
+            spine, limit, leaves = self._spine, self.config.max_segment_bytes, []
+            start, remaining = spine.size, iter(payloads)
+            while True:
+                seg = self._active
+                seg.append_records(ts, remaining, limit, leaves)
+                spine.extend(leaves)
+                leaves.clear()
+                if seg.size < limit:
+                    break
+                self._roll()
             count = spine.size - start
-            self._after_append(count)
+            if count:
+                self._after_append(count)
             return range(start, start + count)
 
     def flush(self) -> None:
@@ -164,27 +165,39 @@ class Table:
                 self._sync()
 
     def _after_append(self, count: int) -> None:
-        policy = self.config.sync
         self._unsynced += count
-        if policy.kind == "always" or (
-            policy.kind in ("every_n", "every_n_or_interval") and self._unsynced >= policy.n
-        ):
+        if self._unsynced >= self._sync_every:
             self._sync()
-        elif policy.kind == "os_managed":
+        elif self._os_managed:
             self._active.write_out()
-            self._spine.write_out()
+            if self._spine.pending_bytes >= SPINE_WRITE_BYTES:
+                self._spine.write_out()
         elif self._timer is not None and self._unsynced == count:
             self._timer.arm()
 
     def _sync(self) -> None:
-        """Records first, then the spine: after a crash the spine may lag the records
-        (it is rebuilt from them on open), never the other way round for synced data."""
-        self._active.sync()
-        self._spine.sync()
+        """fsync the records; the spine is only handed to the OS. The spine is derived
+        from the records, and after a crash its missing tail is recomputed from the
+        active segment on open, so it needs an fsync only when a segment is sealed.
+
+        On a full disk the appended records stay buffered (their indexes are assigned)
+        and StorageFull is raised; a later flush() writes them once space is back.
+        """
+        with classify_disk_full(f"syncing table {self.name}"):
+            self._active.sync()
+            self._spine.write_out()
         self._unsynced = 0
 
     def _roll(self) -> None:
-        """Seal the active segment and start the next one, seeded with its chain head."""
+        """Seal the active segment and start the next one, seeded with its chain head.
+
+        The spine is fsynced first: once sealed, a segment's leaves are never recomputed.
+        """
+        with classify_disk_full(f"sealing a segment of table {self.name}"):
+            self._seal_and_start_next()
+        self._on_seal(self)
+
+    def _seal_and_start_next(self) -> None:
         self._spine.sync()
         sealed = self._active
         sealed.seal(self._clock())
@@ -193,13 +206,12 @@ class Table:
             self.store_id, sealed.header.seq + 1, self.tree_size, self._clock(), sealed.last_chain
         )
         self._segments.append(Segment.create(self.directory / segment_name(header.seq), header))
-        self._on_seal(self)
 
-    def state(self, durable: bool = True) -> "TableState":
-        """A consistent view of the table for a checkpoint; `durable` syncs first, so a
-        signed head is never ahead of what is on disk."""
+    def state(self) -> "TableState":
+        """A consistent view of the table for a checkpoint or a verify. It syncs first, so
+        a signed head is never ahead of what is on disk."""
         with self._lock:
-            if durable and not self._closed:
+            if not self._closed:
                 self._sync()
             return TableState(
                 self._active.header.seq,
@@ -236,7 +248,10 @@ class Table:
     # --- proofs and reads ------------------------------------------------------------
 
     def root(self, size: int | None = None) -> bytes:
+        """MTH of the first `size` records (default: the whole tree)."""
         with self._lock:
+            if size is not None and not 0 <= size <= self.tree_size:
+                raise BadInput(f"tree size {size} is outside 0..{self.tree_size} (table {self.name})")
             return self._spine.root(size)
 
     def prove_inclusion(self, index: int, tree_size: int | None = None) -> InclusionProof:
@@ -287,6 +302,7 @@ class Table:
                 return
             self._sync()
             self._active.close()
+            self._spine.sync()
             self._spine.close()
             self._closed = True
         if self._timer is not None:
@@ -294,45 +310,55 @@ class Table:
 
     # --- opening -------------------------------------------------------------------
 
-    def _open_segments(self) -> list[Segment]:
+    def _open_segments(self, scanned: list[bytes]) -> list[Segment]:
+        """Open sealed segments by header and trailer, scan the newest one (its leaf hashes
+        go to `scanned`), and start a new active segment if the newest is sealed."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        paths = sorted(self.directory.glob(f"*{SUFFIX}"))
+        for leftover in self.directory.glob(f"*{SUFFIX}{TMP_SUFFIX}"):
+            leftover.unlink()  # a segment whose creation a crash interrupted: never used
+        paths = sorted(self.directory.glob(f"*{SUFFIX}"), key=_file_seq)
         segments = [Segment.open_sealed(p) for p in paths[:-1]]
         if paths:
-            last = Segment.open_active(paths[-1], self._quarantine)
+            last = Segment.open_active(paths[-1], self._quarantine, scanned)
             segments.append(last)
+            self._scanned_base = last.header.base_index
             if last.seal_info is None:
                 return segments
-            seq, base, seed = (
-                last.header.seq + 1,
-                last.header.base_index + last.count,
-                last.last_chain,
-            )
+            # Named after the file, not the header, so a swapped file cannot collide.
+            seq, base, seed = _file_seq(paths[-1]) + 1, self._scanned_base + last.count, last.last_chain
         else:
             seq, base, seed = 1, 0, genesis_seed(self.store_id, self.name)
+            self._scanned_base = 0
         header = SegmentHeader(self.store_id, seq, base, self._clock(), seed)
         segments.append(Segment.create(self.directory / segment_name(seq), header))
         return segments
 
-    def _reconcile_spine(self) -> None:
-        """Bring the spine to exactly the records on disk after a crash."""
-        active = self._active
-        expected = active.header.base_index + active.count
-        spine = self._spine
-        if spine.size > expected:
+    def _rebuild_spine_tail(self, scanned: list[bytes]) -> None:
+        """Recompute the spine from the newest segment on disk (the one scanned at open).
+
+        Only records are fsynced between seals, so after a crash (or power loss) the spine's
+        tail may be short, long or unwritten; the records are the truth.
+        """
+        base, spine, active_leaves = self._scanned_base, self._spine, scanned
+        if spine.size < base:
+            raise CorruptStore(
+                f"{self.directory}: the Merkle spine ends at leaf {spine.size}, before the "
+                f"active segment (leaf {base}); run verify_integrity()"
+            )
+        if spine.size > base + len(active_leaves):
             log.warning(
                 "%s: spine has %d leaves but %d records exist; cutting the spine back",
                 self.directory,
                 spine.size,
-                expected,
+                base + len(active_leaves),
             )
-            spine.truncate(expected)
-        if spine.size < active.header.base_index:
-            raise CorruptStore(
-                f"{self.directory}: the Merkle spine ends at leaf {spine.size}, before the "
-                f"active segment (leaf {active.header.base_index}); run verify_integrity()"
-            )
-        for rec in active.records():
-            if rec.index >= spine.size:
-                spine.append(_sha256(LEAF_PREFIX + rec.payload).digest())
-        spine.sync()
+        spine.truncate(base)
+        spine.extend(active_leaves)
+
+
+def _file_seq(path: Path) -> int:
+    """The sequence number a segment's file name carries (verify checks it against the header)."""
+    try:
+        return int(path.name.removesuffix(SUFFIX))
+    except ValueError:
+        raise CorruptStore(f"{path}: not a segment file name (expected {segment_name(1)})") from None
