@@ -94,6 +94,20 @@ def chunks_for(pool_chunks: list[list[bytes]], records: int) -> list[list[bytes]
     return chunks
 
 
+def chunk_step(
+    style: str, one: Callable[[bytes], object], many: Callable[[list[bytes]], object]
+) -> Callable[[list[bytes]], object]:
+    """The per-chunk step of a run: `many(chunk)` for batch styles, else `one` per record."""
+    if style != "per-record":
+        return many
+
+    def step(chunk: list[bytes]) -> None:
+        for p in chunk:
+            one(p)
+
+    return step
+
+
 def run_chunks(chunks: Sequence[list[bytes]], step: Callable[[list[bytes]], None], budget: float) -> int:
     """Feed chunks to `step` until done or `budget` seconds have passed; returns records fed."""
     deadline = perf() + budget
@@ -188,15 +202,7 @@ def bench_quipu(
     ledger = Ledger.open(root, quipu_config(policy), keys=keys)
     try:
         t = ledger.table()
-        if style == "per-record":
-            append = t.append
-
-            def step(chunk: list[bytes]) -> None:
-                for p in chunk:
-                    append(p)
-
-        else:
-            step = t.append_many
+        step = chunk_step(style, t.append, t.append_many)
         gc.collect()
         start = perf()
         done = run_chunks(chunks, step, budget)
@@ -269,15 +275,7 @@ def bench_pymerkle(root: Path, style: str, chunks: list[list[bytes]], budget: fl
     tree = SqliteTree(str(root / "pymerkle.db"))
     try:
         pragmas = pymerkle_pragmas(tree)
-        if style == "per-record":
-            append_entry = tree.append_entry
-
-            def step(chunk: list[bytes]) -> None:
-                for p in chunk:
-                    append_entry(p)
-
-        else:
-            step = tree.append_entries
+        step = chunk_step(style, tree.append_entry, tree.append_entries)
         gc.collect()
         start = perf()
         done = run_chunks(chunks, step, budget)
