@@ -121,6 +121,7 @@ class _TableCheck:
     ) -> bytes | None:
         """Walk one segment; returns its chain head, or None after reporting a break."""
         where, head, index, sealed = seg.path.name, seg.header.seed, seg.header.base_index, None
+        offsets = []
         for frame in seg.frames():
             if frame.problem:
                 return self.problem(f"segment {where}: {frame.problem} at offset {frame.offset}")
@@ -131,6 +132,7 @@ class _TableCheck:
                 if sealed.record_count != index - seg.header.base_index or sealed.chain_head != head:
                     return self.problem(f"segment {where}: seal does not match its records")
                 continue
+            offsets.append(frame.offset)
             ts, chain, payload = record_fields(frame.body)
             leaf = leaf_hash(payload)
             if chain != chain_next(head, ts, leaf):
@@ -144,6 +146,9 @@ class _TableCheck:
             self.report.records += 1
         if not last and sealed is None:
             return self.problem(f"segment {where} is not sealed but is not the newest")
+        stored = seg.stored_offsets() if sealed is not None else None
+        if stored is not None and list(stored) != offsets:
+            self.problem(f"segment {where}: its offsets file does not match it (delete the .qoff to rebuild)")
         return head
 
     def _check_checkpoints(

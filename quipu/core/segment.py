@@ -11,14 +11,16 @@ import hashlib
 import logging
 import os
 import struct
+import sys
 import zlib
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from quipu.core.chain import CHAIN_TAG
 from quipu.core.errors import CorruptStore, UnsupportedFormat
-from quipu.core.files import fsync_dir, write_all
+from quipu.core.files import fsync_dir, replace_durably, write_all
 from quipu.core.merkle import LEAF_PREFIX
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,10 @@ MAGIC = b"QSEG"
 VERSION = 1
 SUFFIX = ".qseg"
 TMP_SUFFIX = ".tmp"
+OFFSETS_SUFFIX = ".qoff"
+OFFSETS_MAGIC = b"QOFF"
+OFFSETS_VERSION = 1
+_OFFSETS_HEADER = struct.Struct("<4sHHQ")  # magic, version, reserved, record count
 
 # magic, version, header size, store id, seq, base index, created_at (µs), seed
 _HEADER = struct.Struct("<4sHH16sQQQ32s")
@@ -127,6 +133,7 @@ class Segment:
         self._fd: int | None = None
         self._written = size
         self._pending = bytearray()
+        self._offsets: array | None = None  # frame offset of each record; loaded lazily if sealed
 
     # --- opening -------------------------------------------------------------------
 
@@ -142,6 +149,7 @@ class Segment:
         fsync_dir(path.parent)
         seg = cls(path, header, HEADER_SIZE)
         seg._fd = fd
+        seg._offsets = array("I")
         return seg
 
     @classmethod
@@ -166,6 +174,7 @@ class Segment:
         """
         data = path.read_bytes()
         seg = cls(path, SegmentHeader.unpack(path, data), HEADER_SIZE)
+        seg._offsets = array("I")
         torn = None
         for frame in iter_frames(data):
             if frame.problem:
@@ -173,6 +182,7 @@ class Segment:
                 break
             if frame.kind == KIND_RECORD:
                 seg._apply_record(frame.body)
+                seg._offsets.append(frame.offset)
                 leaves.append(_sha256(LEAF_PREFIX + frame.body[_RECORD.size :]).digest())
             elif frame.kind == KIND_SEAL:
                 seg._apply_seal(frame)
@@ -208,7 +218,7 @@ class Segment:
         """
         sha, crc32, pack_record, pack_frame = _sha256, zlib.crc32, _RECORD.pack, _FRAME.pack
         pending, head, size = self._pending, self.last_chain, self.size
-        stamp, count = CHAIN_TAG, 0
+        stamp, count, note_offset = CHAIN_TAG, 0, self._offsets.append
         ts_bytes = ts.to_bytes(8, "little")
         for payload in payloads:
             leaf = sha(LEAF_PREFIX + payload).digest()
@@ -218,6 +228,7 @@ class Segment:
             pending += prefix
             pending += payload
             leaves.append(leaf)
+            note_offset(size)
             size += _RECORD_OVERHEAD + len(payload)
             count += 1
             if size >= limit:
@@ -251,6 +262,7 @@ class Segment:
         self.close()
         os.chmod(self.path, 0o444)
         self.seal_info = info
+        self._write_offsets()
         return info
 
     def close(self) -> None:
@@ -260,6 +272,60 @@ class Segment:
             self._fd = None
 
     # --- reading -------------------------------------------------------------------
+
+    def read(self, ordinal: int) -> Record:
+        """The `ordinal`-th record of this segment, by one offset lookup and two preads."""
+        offsets = self._offsets if self._offsets is not None else self._load_offsets()
+        if not 0 <= ordinal < self.count:
+            raise IndexError(f"{self.path.name} has no record {ordinal}")
+        at = offsets[ordinal]
+        if at >= self._written:
+            raw = bytes(self._pending[at - self._written : at - self._written + _FRAME.size])
+            length = _FRAME.unpack(raw)[0]
+            start = at - self._written + _FRAME.size
+            body = bytes(self._pending[start : start + length])
+        else:
+            with open(self.path, "rb") as f:
+                length, _ = _FRAME.unpack(os.pread(f.fileno(), _FRAME.size, at))
+                body = os.pread(f.fileno(), length, at + _FRAME.size)
+        ts, chain, payload = record_fields(body)
+        return Record(self.header.base_index + ordinal, ts, chain, payload)
+
+    def _load_offsets(self) -> array:
+        """Sealed segments keep their record offsets in `<seq>.qoff` (derived data: rebuilt
+        by a scan when missing or unreadable)."""
+        path = self.path.with_suffix(OFFSETS_SUFFIX)
+        offsets = array("I")
+        try:
+            raw = path.read_bytes()
+            magic, version, _, count = _OFFSETS_HEADER.unpack_from(raw)
+            if magic == OFFSETS_MAGIC and version == OFFSETS_VERSION and count == self.count:
+                offsets.frombytes(raw[_OFFSETS_HEADER.size :])
+        except (OSError, struct.error, ValueError):
+            offsets = array("I")
+        if len(offsets) != self.count:
+            offsets = array("I", (f.offset for f in self.frames() if f.kind == KIND_RECORD))
+            self._offsets = offsets
+            self._write_offsets()
+        self._offsets = offsets
+        return offsets
+
+    def stored_offsets(self) -> array | None:
+        """The offsets in `<seq>.qoff` as they are on disk (None when absent): verify compares
+        them with the frames, since a wrong offsets file would make reads return wrong records."""
+        path = self.path.with_suffix(OFFSETS_SUFFIX)
+        if not path.exists():
+            return None
+        raw = path.read_bytes()
+        offsets = array("I")
+        offsets.frombytes(raw[_OFFSETS_HEADER.size :][: len(raw) - _OFFSETS_HEADER.size & ~3])
+        return offsets
+
+    def _write_offsets(self) -> None:
+        if self._offsets is None or sys.byteorder != "little":
+            return
+        body = _OFFSETS_HEADER.pack(OFFSETS_MAGIC, OFFSETS_VERSION, 0, len(self._offsets))
+        replace_durably(self.path.with_suffix(OFFSETS_SUFFIX), body + self._offsets.tobytes())
 
     def frames(self) -> Iterator[Frame]:
         """Every frame on disk (plus the unwritten buffer), stopping at the first bad one."""

@@ -10,6 +10,7 @@ need no lock.
 import logging
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,15 @@ from quipu.core.errors import BadInput, Conflict, CorruptStore, NotFound
 from quipu.core.files import classify_disk_full, fsync_dir
 from quipu.core.proof import ConsistencyProof, InclusionProof
 from quipu.core.retention import RetentionPolicy
-from quipu.core.segment import SUFFIX, TMP_SUFFIX, Record, Segment, SegmentHeader, segment_name
+from quipu.core.segment import (
+    OFFSETS_SUFFIX,
+    SUFFIX,
+    TMP_SUFFIX,
+    Record,
+    Segment,
+    SegmentHeader,
+    segment_name,
+)
 from quipu.core.spine import MerkleSpine
 from quipu.core.sync import IntervalSync, SyncPolicy
 
@@ -242,6 +251,7 @@ class Table:
             before_unlink(self)
         for seg in doomed:
             seg.path.unlink()
+            seg.path.with_suffix(OFFSETS_SUFFIX).unlink(missing_ok=True)
         if doomed:
             fsync_dir(self.directory)
 
@@ -282,6 +292,22 @@ class Table:
                 self._spine.root(second),
                 self._spine.consistency_proof(first, second),
             )
+
+    def read(self, index: int) -> Record:
+        """The retained record at global `index` (NotFound once retention removed it).
+
+        Only the active segment, whose tail may still sit in the write buffer, is read
+        under the lock; sealed segments never change and are read without it.
+        """
+        with self._lock:
+            segments = self._segments
+            pos = bisect_right(segments, index, key=lambda s: s.header.base_index) - 1
+            if pos < 0 or index >= self.tree_size:
+                raise NotFound(f"record {index} is not retained in table {self.name}")
+            seg = segments[pos]
+            if seg is self._active:
+                return seg.read(index - seg.header.base_index)
+        return seg.read(index - seg.header.base_index)
 
     def records(self, start: int = 0) -> Iterator[Record]:
         """Retained records from global index `start` on, oldest first."""
