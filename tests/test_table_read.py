@@ -2,7 +2,7 @@
 
 import pytest
 
-from quipu.core.errors import NotFound
+from quipu.core.errors import BadInput, NotFound
 from quipu.core.retention import RetentionPolicy
 
 
@@ -60,3 +60,21 @@ def test_edited_offsets_file_is_reported_by_verify(tmp_path, open_ledger):
         report = ledger.verify_integrity()
     assert not report.ok
     assert "offsets file does not match" in report.problems[0]
+
+
+def test_a_bad_timestamp_appends_nothing_of_its_batch(tmp_path, open_ledger):
+    with open_ledger(tmp_path) as ledger:
+        table = ledger.table()
+        table.append(b"before")
+        with pytest.raises(BadInput, match="timestamp"):
+            table.append_stamped([(5, b"ok"), (-1, b"bad"), (6, b"never")])
+        assert table.tree_size == 1
+        assert ledger.verify_integrity().ok
+
+
+def test_each_record_keeps_its_own_timestamp(tmp_path, open_ledger):
+    with open_ledger(tmp_path) as ledger:
+        table = ledger.table()
+        table.append_stamped([(30, b"a"), (10, b"b"), (20, b"c")])
+        assert [table.read(i).ts for i in range(3)] == [30, 10, 20]
+        assert ledger.verify_integrity().ok

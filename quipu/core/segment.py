@@ -209,8 +209,8 @@ class Segment:
 
     # --- writing -------------------------------------------------------------------
 
-    def append_records(self, ts: int, payloads: Iterator[bytes], limit: int, leaves: list[bytes]) -> None:
-        """Frame records from `payloads` into the buffer until it is exhausted or the
+    def append_records(self, stamped: Iterator[tuple[int, bytes]], limit: int, leaves: list[bytes]) -> None:
+        """Frame (ts, payload) records into the buffer until `stamped` is exhausted or the
         segment reaches `limit` bytes; each record's leaf hash is added to `leaves`.
 
         This is the write hot path, so the leaf hash (merkle.leaf_hash) and the chain step
@@ -219,10 +219,10 @@ class Segment:
         sha, crc32, pack_record, pack_frame = _sha256, zlib.crc32, _RECORD.pack, _FRAME.pack
         pending, head, size = self._pending, self.last_chain, self.size
         stamp, count, note_offset = CHAIN_TAG, 0, self._offsets.append
-        ts_bytes = ts.to_bytes(8, "little")
-        for payload in payloads:
+        lo, hi = self.min_ts, self.max_ts
+        for ts, payload in stamped:
             leaf = sha(LEAF_PREFIX + payload).digest()
-            head = sha(stamp + head + ts_bytes + leaf).digest()
+            head = sha(stamp + head + ts.to_bytes(8, "little") + leaf).digest()
             prefix = pack_record(KIND_RECORD, ts, head)
             pending += pack_frame(len(prefix) + len(payload), crc32(payload, crc32(prefix)))
             pending += prefix
@@ -231,12 +231,15 @@ class Segment:
             note_offset(size)
             size += _RECORD_OVERHEAD + len(payload)
             count += 1
+            if lo is None or ts < lo:
+                lo = ts
+            if hi is None or ts > hi:
+                hi = ts
             if size >= limit:
                 break
         if count:
             self.size, self.last_chain, self.count = size, head, self.count + count
-            self.min_ts = ts if self.min_ts is None else min(self.min_ts, ts)
-            self.max_ts = ts if self.max_ts is None else max(self.max_ts, ts)
+            self.min_ts, self.max_ts = lo, hi
 
     def write_out(self) -> None:
         if self._pending:

@@ -139,18 +139,21 @@ class Table:
         return self.append_many((payload,), ts).start
 
     def append_many(self, payloads: Iterable[bytes], ts: int | None = None) -> range:
-        """Append records in one batch (one sync decision); returns their indexes."""
+        """Append records that share one timestamp (default: now); returns their indexes."""
+        ts = self._clock() if ts is None else ts
+        return self.append_stamped((ts, p) for p in payloads)
+
+    def append_stamped(self, stamped: Iterable[tuple[int, bytes]]) -> range:
+        """Append (ts, payload) records in one batch (one sync decision); returns their
+        indexes. A record's ts is what retention by age and time-range skips go by."""
         with self._lock:
             if self._closed:
                 raise Conflict(f"table {self.name} is closed")
-            ts = self._clock() if ts is None else ts
-            if ts < 0:
-                raise BadInput(f"record timestamp must not be negative, got {ts}")
             spine, limit, leaves = self._spine, self.config.max_segment_bytes, []
-            start, remaining = spine.size, iter(payloads)
+            start, remaining = spine.size, iter(_checked_stamps(stamped))
             while True:
                 seg = self._active
-                seg.append_records(ts, remaining, limit, leaves)
+                seg.append_records(remaining, limit, leaves)
                 spine.extend(leaves)
                 leaves.clear()
                 if seg.size < limit:
@@ -388,3 +391,12 @@ def _file_seq(path: Path) -> int:
         return int(path.name.removesuffix(SUFFIX))
     except ValueError:
         raise CorruptStore(f"{path}: not a segment file name (expected {segment_name(1)})") from None
+
+
+def _checked_stamps(stamped: Iterable[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """The whole batch, checked before any of it is written: a bad one appends nothing."""
+    items = list(stamped)
+    for ts, _ in items:
+        if not 0 <= ts < 1 << 63:
+            raise BadInput(f"record timestamp must be within 0..2^63-1 microseconds, got {ts}")
+    return items
