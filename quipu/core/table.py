@@ -21,7 +21,6 @@ from quipu.core.files import classify_disk_full, fsync_dir
 from quipu.core.proof import ConsistencyProof, InclusionProof
 from quipu.core.retention import RetentionPolicy
 from quipu.core.segment import (
-    OFFSETS_SUFFIX,
     SUFFIX,
     TMP_SUFFIX,
     Record,
@@ -87,6 +86,8 @@ class Table:
         self._unsynced = 0
         self._closed = False
         self._scanned_base = 0
+        # Runs before each fsync: a table whose records refer to another's syncs that first.
+        self.before_sync: Callable[[], None] | None = None
         active_leaves: list[bytes] = []
         self._segments = self._open_segments(active_leaves)
         self._spine = MerkleSpine.open(directory / SPINE_NAME)
@@ -196,6 +197,8 @@ class Table:
         and StorageFull is raised; a later flush() writes them once space is back.
         """
         with classify_disk_full(f"syncing table {self.name}"):
+            if self.before_sync is not None:
+                self.before_sync()
             self._active.sync()
             self._spine.write_out()
         self._unsynced = 0
@@ -253,8 +256,10 @@ class Table:
             doomed, self._segments = self._segments[:count], self._segments[count:]
             before_unlink(self)
         for seg in doomed:
+            for side in self.directory.glob(f"{seg.path.stem}.*"):  # side files share its stem
+                if side != seg.path:
+                    side.unlink()
             seg.path.unlink()
-            seg.path.with_suffix(OFFSETS_SUFFIX).unlink(missing_ok=True)
         if doomed:
             fsync_dir(self.directory)
 

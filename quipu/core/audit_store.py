@@ -1,0 +1,276 @@
+"""The embedded audit store: what an application calls to record and search its audit log.
+
+    store = AuditStore.open(StoreConfig("./audit-data", keys=KeyRing.generate()))
+    store.define_type(default_actor_type())
+    store.define_type(default_target_type())
+    log_id = store.append(AuditEvent("default_actor", EntityInput("svc-1").text("name", "billing"),
+                                     "PUT", "/api/docs/42", Content("Text", "saved"))
+                          .target(TargetSpec("default_target", EntityInput("42").text("name", "doc-42"))))
+    page = store.query(LogQuery(targets=(TargetFilter.exact("default_target", "name", "doc-42"),)))
+
+Three tables of one Ledger: `logs` (one row per event), `registry` (types, columns and
+entity versions) and, opt-in, `access` (the meta-audit). Appends are single-writer;
+queries run on other threads against a snapshot and never take the write lock.
+"""
+
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from quipu.core.checkpoint import AnchorHook, Checkpoint
+from quipu.core.errors import BadInput, Conflict, NotFound
+from quipu.core.event import AuditEvent
+from quipu.core.integrity import IntegrityReport
+from quipu.core.keyring import KeyRing
+from quipu.core.ledger import Ledger
+from quipu.core.log_index import LogIndexSet
+from quipu.core.query import LogSearch, Page
+from quipu.core.query_spec import LogQuery
+from quipu.core.registry import Registry
+from quipu.core.retention import RetentionPolicy
+from quipu.core.row import EntityRef, LogRow, make_log_id, parse_log_id
+from quipu.core.schema import ColumnDef, TypeSchema
+from quipu.core.sync import SyncPolicy
+from quipu.core.table import TableConfig, now_micros
+
+LOGS, REGISTRY = "logs", "registry"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    root: str | os.PathLike
+    keys: KeyRing = field(default_factory=KeyRing)
+    sync: SyncPolicy = field(default_factory=lambda: SyncPolicy.every_n_or_interval(1000, 0.02))
+    max_segment_bytes: int = 16 << 20
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    plaintext_cache: bool = False
+    anchor: AnchorHook | None = None
+
+
+class AuditStore:
+    """Open with `AuditStore.open(StoreConfig(...))`."""
+
+    def __init__(self, config: StoreConfig, ledger: Ledger, registry: Registry) -> None:
+        self.config = config
+        self._ledger = ledger
+        self._logs = ledger.table(LOGS)
+        self._registry_table = ledger.table(REGISTRY)
+        self._registry = registry
+        self._write = threading.Lock()
+        self._indexes = LogIndexSet(self._logs)
+        self._search = LogSearch(self._logs, self._indexes, registry, self._render)
+        # A row must never be durable before the registry versions it pins.
+        self._logs.before_sync = self._registry_table.flush
+
+    @classmethod
+    def open(cls, config: StoreConfig) -> "AuditStore":
+        tables = {
+            LOGS: TableConfig(config.max_segment_bytes, config.sync, config.retention),
+            REGISTRY: TableConfig(config.max_segment_bytes, config.sync),
+        }
+        ledger = Ledger.open(Path(config.root), tables, keys=config.keys, anchor=config.anchor)
+        try:
+            registry = Registry(config.keys, config.plaintext_cache)
+            for rec in ledger.table(REGISTRY).records():
+                registry.replay(rec.payload)
+            registry.fill_plaintext_cache()
+            return cls(config, ledger, registry)
+        except BaseException:
+            ledger.close()
+            raise
+
+    def __enter__(self) -> "AuditStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- definitions ----------------------------------------------------------------
+
+    def define_type(self, schema: TypeSchema) -> None:
+        """Define a type, or redefine it additively (BadInput names the field and rule)."""
+        with self._write:
+            record = self._registry.define_type(schema)
+            if record is not None:
+                self._registry_table.append(record)
+
+    def define_column(self, column: ColumnDef) -> None:
+        with self._write:
+            record = self._registry.define_column(column)
+            if record is not None:
+                self._registry_table.append(record)
+
+    # --- writing --------------------------------------------------------------------
+
+    def append(self, event: AuditEvent) -> str:
+        """Record one event; returns its log_id. Durable per the sync policy (flush())."""
+        return self.append_many([event])[0]
+
+    def append_many(self, events: Iterable[AuditEvent]) -> list[str]:
+        """Record events in one batch: one sync decision, the shard writer's fast path.
+        Every event is checked first; a bad one records none of the batch."""
+        events = list(events)
+        with self._write:
+            now, leaf = now_micros(), self._logs.tree_size
+            with self._registry.batch():  # a rejected event leaves no version behind
+                for event in events:
+                    self._check_custom(event)
+                prepared = [self._row(e, now, leaf + i) for i, e in enumerate(events)]
+            rows = [row for row, _ in prepared]
+            registry_records = [r for _, records in prepared for r in records]
+            if registry_records:
+                self._registry_table.append_many(registry_records, now)
+            self._logs.append_stamped((row.occurred_at, row.encode()) for row in rows)
+            self._indexes.add_rows(leaf, rows)
+            return [row.log_id for row in rows]
+
+    def _row(self, event: AuditEvent, now: int, leaf: int) -> tuple[LogRow, list[bytes]]:
+        occurred = now if event.occurred_at is None else event.occurred_at
+        deleted = event.method.upper() == "DELETE"
+        records: list[bytes] = []
+
+        def pin(entity_type: str, entity, where: str, is_target: bool) -> EntityRef:
+            version, record = self._registry.upsert(
+                entity_type, entity.entity_id, entity.fields, occurred, deleted and is_target, where
+            )
+            if record is not None:
+                records.append(record)
+            return EntityRef(entity_type, entity.entity_id, version)
+
+        actor = pin(event.actor_type, event.actor, "actor", False)
+        targets = tuple(
+            pin(t.entity_type, t.input, f"targets[{i}]", True) for i, t in enumerate(event.targets)
+        )
+        custom = {name: value.to_json() for name, value in event.custom.items()}
+        log_id = make_log_id(occurred, self._ledger.store_id, leaf)
+        row = LogRow(
+            log_id,
+            occurred,
+            event.tenant,
+            actor,
+            event.method,
+            event.url,
+            event.content.to_json(),
+            targets,
+            custom,
+        )
+        return row, records
+
+    def _check_custom(self, event: AuditEvent) -> None:
+        columns = self._registry.columns
+        for name, value in event.custom.items():
+            col = columns.get(name)
+            if col is None:
+                raise BadInput(f"custom.{name}: unknown column; register it first (define_column)")
+            if value.kind != col.kind:
+                raise BadInput(f"custom.{name}: column is {col.kind}, got {value.kind}")
+        missing = [c.name for c in columns.values() if c.required and c.name not in event.custom]
+        if missing:
+            raise BadInput(f"custom: required column(s) {', '.join(missing)} are missing")
+
+    def flush(self) -> None:
+        self._ledger.flush()
+
+    # --- reading --------------------------------------------------------------------
+
+    def query(self, q: LogQuery) -> Page:
+        return self._search.page(q)
+
+    def count(self, q: LogQuery) -> int:
+        return self._search.count(q)
+
+    def entity_types(self) -> list[TypeSchema]:
+        return self._registry.entity_types()
+
+    def list_entities(self, type_name: str, include_deleted: bool = False) -> list[dict]:
+        """The latest version of every entity of a type."""
+        out = []
+        for eid in self._registry.entity_ids(type_name):
+            latest = self._registry.versions(type_name, eid)[-1]
+            if include_deleted or not latest.deleted:
+                out.append(self._registry.render(type_name, eid, latest.version))
+        return out
+
+    def entity_history(self, type_name: str, entity_id: str) -> list[dict]:
+        """Every version of one entity, oldest first."""
+        versions = self._registry.versions(type_name, entity_id)
+        return [self._registry.render(type_name, entity_id, v.version) for v in versions]
+
+    def _render(self, row: LogRow) -> dict:
+        reg = self._registry
+        return {
+            "log_id": row.log_id,
+            "occurred_at": row.occurred_at,
+            "timestamp": rfc3339(row.occurred_at),
+            "tenant": row.tenant,
+            "actor": reg.render(row.actor.entity_type, row.actor.entity_id, row.actor.version),
+            "method": row.method,
+            "url": row.url,
+            "content": row.content,
+            "targets": [reg.render(t.entity_type, t.entity_id, t.version) for t in row.targets],
+            "custom": row.custom,
+        }
+
+    # --- integrity ------------------------------------------------------------------
+
+    def prove_inclusion(self, log_id: str) -> dict:
+        leaf = parse_log_id(log_id, self._ledger.store_id)
+        if leaf < 0 or leaf >= self._logs.tree_size:
+            raise NotFound(f"log {log_id} is not in this store")
+        try:
+            row = LogRow.decode(self._logs.read(leaf).payload)
+        except NotFound:
+            raise NotFound(f"log {log_id} is not retained (purged by retention)") from None
+        if row.log_id != log_id.lower():
+            raise NotFound(f"log {log_id} is not in this store")
+        proof = self._logs.prove_inclusion(leaf)
+        return {
+            "log_id": row.log_id,
+            "leaf_index": proof.leaf_index,
+            "tree_size": proof.tree_size,
+            "leaf": proof.leaf_hash.hex(),
+            "audit_path": [h.hex() for h in proof.path],
+            "merkle_root": proof.root.hex(),
+        }
+
+    def prove_consistency(self, first_size: int) -> dict:
+        proof = self._logs.prove_consistency(first_size)
+        return {
+            "first_size": proof.first_size,
+            "second_size": proof.second_size,
+            "first_root": proof.first_root.hex(),
+            "merkle_root": proof.second_root.hex(),
+            "proof": [h.hex() for h in proof.proof],
+        }
+
+    def checkpoint(self) -> Checkpoint | None:
+        """Checkpoint every table; returns the `logs` one (None without a private key)."""
+        self._ledger.checkpoint(REGISTRY)
+        return self._ledger.checkpoint(LOGS)
+
+    def verify_integrity(self) -> IntegrityReport:
+        return self._ledger.verify_integrity()
+
+    def run_retention(self) -> int:
+        """Drop expired sealed `logs` segments; returns how many went."""
+        before = {s.header.seq for s in self._logs.segments}
+        dropped = self._ledger.run_retention().get(LOGS, 0)
+        self._indexes.forget(before - {s.header.seq for s in self._logs.segments})
+        return dropped
+
+    def close(self) -> None:
+        self._ledger.close()
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+
+def rfc3339(micros: int) -> str:
+    return datetime.fromtimestamp(micros / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
+
+
+__all__ = ["AuditStore", "Conflict", "StoreConfig"]
