@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from quipu.core.access import AccessLog, AccessPage
 from quipu.core.checkpoint import AnchorHook, Checkpoint
 from quipu.core.errors import BadInput, Conflict, NotFound
 from quipu.core.event import AuditEvent
@@ -28,7 +29,7 @@ from quipu.core.keyring import KeyRing
 from quipu.core.ledger import Ledger
 from quipu.core.log_index import LogIndexSet
 from quipu.core.query import LogSearch, Page
-from quipu.core.query_spec import LogQuery
+from quipu.core.query_spec import AccessQuery, LogQuery, query_shape
 from quipu.core.registry import Registry
 from quipu.core.retention import RetentionPolicy
 from quipu.core.row import EntityRef, LogRow, make_log_id, parse_log_id
@@ -36,7 +37,8 @@ from quipu.core.schema import ColumnDef, TypeSchema
 from quipu.core.sync import SyncPolicy
 from quipu.core.table import TableConfig, now_micros
 
-LOGS, REGISTRY = "logs", "registry"
+LOGS, REGISTRY, ACCESS = "logs", "registry", "access"
+EMBEDDED = "embedded"  # the actor recorded when the caller names none
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class StoreConfig:
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     plaintext_cache: bool = False
     anchor: AnchorHook | None = None
+    access_log: bool = False  # opt-in meta-audit of every query and admin operation
+    access_retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
 
 class AuditStore:
@@ -64,6 +68,12 @@ class AuditStore:
         self._search = LogSearch(self._logs, self._indexes, registry, self._render)
         # A row must never be durable before the registry versions it pins.
         self._logs.before_sync = self._registry_table.flush
+        self._access = AccessLog(ledger.table(ACCESS)) if config.access_log else None
+
+    def _audit(self, actor: str, operation: str, shape: dict | None = None) -> None:
+        """One access record per query or admin call (when the access log is on)."""
+        if self._access is not None:
+            self._access.record(actor, operation, shape)
 
     @classmethod
     def open(cls, config: StoreConfig) -> "AuditStore":
@@ -71,6 +81,8 @@ class AuditStore:
             LOGS: TableConfig(config.max_segment_bytes, config.sync, config.retention),
             REGISTRY: TableConfig(config.max_segment_bytes, config.sync),
         }
+        if config.access_log:
+            tables[ACCESS] = TableConfig(config.max_segment_bytes, config.sync, config.access_retention)
         ledger = Ledger.open(Path(config.root), tables, keys=config.keys, anchor=config.anchor)
         try:
             registry = Registry(config.keys, config.plaintext_cache)
@@ -90,14 +102,16 @@ class AuditStore:
 
     # --- definitions ----------------------------------------------------------------
 
-    def define_type(self, schema: TypeSchema) -> None:
+    def define_type(self, schema: TypeSchema, *, actor: str = EMBEDDED) -> None:
         """Define a type, or redefine it additively (BadInput names the field and rule)."""
+        self._audit(actor, "define_type", {"type_name": schema.type_name})
         with self._write:
             record = self._registry.define_type(schema)
             if record is not None:
                 self._registry_table.append(record)
 
-    def define_column(self, column: ColumnDef) -> None:
+    def define_column(self, column: ColumnDef, *, actor: str = EMBEDDED) -> None:
+        self._audit(actor, "define_column", {"name": column.name})
         with self._write:
             record = self._registry.define_column(column)
             if record is not None:
@@ -171,22 +185,35 @@ class AuditStore:
         if missing:
             raise BadInput(f"custom: required column(s) {', '.join(missing)} are missing")
 
-    def flush(self) -> None:
+    def flush(self, *, actor: str = EMBEDDED) -> None:
+        self._audit(actor, "flush")
         self._ledger.flush()
 
     # --- reading --------------------------------------------------------------------
 
-    def query(self, q: LogQuery) -> Page:
+    def query(self, q: LogQuery, *, actor: str = EMBEDDED) -> Page:
+        self._audit(actor, "query", query_shape(q))
         return self._search.page(q)
 
-    def count(self, q: LogQuery) -> int:
+    def count(self, q: LogQuery, *, actor: str = EMBEDDED) -> int:
+        self._audit(actor, "count", query_shape(q))
         return self._search.count(q)
 
-    def entity_types(self) -> list[TypeSchema]:
+    def query_access(self, q: AccessQuery, *, actor: str = EMBEDDED) -> AccessPage:
+        """Read the meta-audit (the caller must hold administer); the read is recorded once."""
+        if self._access is None:
+            raise Conflict("the access log is off; open the store with access_log=True")
+        return self._access.query(q, actor)
+
+    def entity_types(self, *, actor: str = EMBEDDED) -> list[TypeSchema]:
+        self._audit(actor, "entity_types")
         return self._registry.entity_types()
 
-    def list_entities(self, type_name: str, include_deleted: bool = False) -> list[dict]:
+    def list_entities(
+        self, type_name: str, include_deleted: bool = False, *, actor: str = EMBEDDED
+    ) -> list[dict]:
         """The latest version of every entity of a type."""
+        self._audit(actor, "list_entities", {"type_name": type_name, "include_deleted": include_deleted})
         out = []
         for eid in self._registry.entity_ids(type_name):
             latest = self._registry.versions(type_name, eid)[-1]
@@ -194,8 +221,9 @@ class AuditStore:
                 out.append(self._registry.render(type_name, eid, latest.version))
         return out
 
-    def entity_history(self, type_name: str, entity_id: str) -> list[dict]:
-        """Every version of one entity, oldest first."""
+    def entity_history(self, type_name: str, entity_id: str, *, actor: str = EMBEDDED) -> list[dict]:
+        """Every version of one entity, oldest first (the id is a value: not recorded)."""
+        self._audit(actor, "entity_history", {"type_name": type_name})
         versions = self._registry.versions(type_name, entity_id)
         return [self._registry.render(type_name, entity_id, v.version) for v in versions]
 
@@ -216,7 +244,8 @@ class AuditStore:
 
     # --- integrity ------------------------------------------------------------------
 
-    def prove_inclusion(self, log_id: str) -> dict:
+    def prove_inclusion(self, log_id: str, *, actor: str = EMBEDDED) -> dict:
+        self._audit(actor, "prove_inclusion")
         leaf = parse_log_id(log_id, self._ledger.store_id)
         if leaf < 0 or leaf >= self._logs.tree_size:
             raise NotFound(f"log {log_id} is not in this store")
@@ -236,7 +265,8 @@ class AuditStore:
             "merkle_root": proof.root.hex(),
         }
 
-    def prove_consistency(self, first_size: int) -> dict:
+    def prove_consistency(self, first_size: int, *, actor: str = EMBEDDED) -> dict:
+        self._audit(actor, "prove_consistency", {"first_size": first_size})
         proof = self._logs.prove_consistency(first_size)
         return {
             "first_size": proof.first_size,
@@ -246,16 +276,22 @@ class AuditStore:
             "proof": [h.hex() for h in proof.proof],
         }
 
-    def checkpoint(self) -> Checkpoint | None:
+    def checkpoint(self, *, actor: str = EMBEDDED) -> Checkpoint | None:
         """Checkpoint every table; returns the `logs` one (None without a private key)."""
-        self._ledger.checkpoint(REGISTRY)
+        self._audit(actor, "checkpoint")
+        for name in self._ledger.tables:
+            if name != LOGS:
+                self._ledger.checkpoint(name)
         return self._ledger.checkpoint(LOGS)
 
-    def verify_integrity(self) -> IntegrityReport:
+    def verify_integrity(self, *, actor: str = EMBEDDED) -> IntegrityReport:
+        self._audit(actor, "verify_integrity")
         return self._ledger.verify_integrity()
 
-    def run_retention(self) -> int:
-        """Drop expired sealed `logs` segments; returns how many went."""
+    def run_retention(self, *, actor: str = EMBEDDED) -> int:
+        """Drop expired sealed segments (logs, and access by its own window); returns how
+        many `logs` segments went."""
+        self._audit(actor, "run_retention")
         before = {s.header.seq for s in self._logs.segments}
         dropped = self._ledger.run_retention().get(LOGS, 0)
         self._indexes.forget(before - {s.header.seq for s in self._logs.segments})
@@ -264,13 +300,6 @@ class AuditStore:
     def close(self) -> None:
         self._ledger.close()
 
-    @property
-    def closed(self) -> bool:
-        return False
-
 
 def rfc3339(micros: int) -> str:
     return datetime.fromtimestamp(micros / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
-
-
-__all__ = ["AuditStore", "Conflict", "StoreConfig"]

@@ -2,6 +2,7 @@
 
 import errno
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,8 +31,9 @@ def fsync_dir(path: Path) -> None:
 
 
 def replace_durably(path: Path, data: bytes) -> None:
-    """Write `data` to `path` by temp file + fsync + rename: readers see old or new, never half."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write `data` to `path` by temp file + fsync + rename: readers see old or new, never half.
+    The temp name is unique per thread, so two threads writing the same file cannot collide."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

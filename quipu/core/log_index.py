@@ -147,6 +147,8 @@ class LogIndexSet:
         active = table.segments[-1]
         self._active = SegmentIndex.build(active)
         self._sealed: dict[int, SegmentIndex] = {}
+        # Rows indexed so far: a query's snapshot, never ahead of what its index can see.
+        self.indexed = active.header.base_index + len(self._active.ts)
 
     def add_rows(self, first_leaf: int, rows: list[LogRow]) -> None:
         """Index rows just appended at first_leaf..; saves an index when its segment sealed."""
@@ -156,6 +158,7 @@ class LogIndexSet:
             if leaf >= self._active.base + len(self._active.ts) and not self._holds(segments, leaf):
                 self._roll(segments, leaf)
             self._active.add(row)
+        self.indexed = first_leaf + len(rows)
 
     def _holds(self, segments: list[Segment], leaf: int) -> bool:
         """Whether `leaf` falls in the segment the active index covers."""

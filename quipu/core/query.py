@@ -45,7 +45,10 @@ class Page:
 
 
 @dataclass(frozen=True)
-class _Cursor:
+class Cursor:
+    """The position after a page's last hit, in the snapshot the first page was taken at,
+    bound to the query it came from (by `query_hash`)."""
+
     order: str
     ts: int
     leaf: int
@@ -58,21 +61,21 @@ class _Cursor:
         return base64.urlsafe_b64encode(orjson.dumps(body)).decode().rstrip("=")
 
     @classmethod
-    def decode(cls, text: str, q: LogQuery) -> "_Cursor":
+    def decode(cls, text: str, order: str, expected_hash: str) -> "Cursor":
         try:
             body = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
             cursor = cls(body["o"], int(body["ts"]), int(body["leaf"]), int(body["snap"]), str(body["q"]))
             valid = body["v"] == CURSOR_VERSION
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
             valid = False
-        if not valid or cursor.order != q.order or cursor.query_hash != query_hash(q):
+        if not valid or cursor.order != order or cursor.query_hash != expected_hash:
             raise BadInput("cursor is not valid for this query; start again without a cursor")
         return cursor
 
 
-def query_hash(q: LogQuery) -> str:
-    """What a cursor is bound to: the query minus its page controls."""
-    body = {k: v for k, v in q.to_json().items() if k not in ("cursor", "limit")}
+def query_hash(query_json: dict) -> str:
+    """What a cursor is bound to: the query's JSON form minus its page controls."""
+    body = {k: v for k, v in query_json.items() if k not in ("cursor", "limit")}
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
@@ -86,8 +89,8 @@ class LogSearch:
         self._render = render
 
     def page(self, q: LogQuery) -> Page:
-        cursor = _Cursor.decode(q.cursor, q) if q.cursor else None
-        snap = cursor.snap if cursor else self._table.tree_size
+        cursor = Cursor.decode(q.cursor, q.order, query_hash(q.to_json())) if q.cursor else None
+        snap = cursor.snap if cursor else self._indexes.indexed
         plan = _Plan(q, self._key_groups(q), snap, cursor)
         hits, scanned = self._collect(plan, stop_early=q.url is None)
         hits.sort(reverse=q.order == "desc")
@@ -98,14 +101,14 @@ class LogSearch:
             if q.url is not None and row.url != q.url:
                 continue
             if len(logs) == q.limit:
-                more = _Cursor(q.order, last[0], last[1], snap, query_hash(q)).encode()
+                more = Cursor(q.order, last[0], last[1], snap, query_hash(q.to_json())).encode()
                 return Page(logs, more, scanned, decoded)
             logs.append(self._render(row))
             last = hit
         return Page(logs, None, scanned, decoded)
 
     def count(self, q: LogQuery) -> int:
-        plan = _Plan(q, self._key_groups(q), self._table.tree_size, None)
+        plan = _Plan(q, self._key_groups(q), self._indexes.indexed, None)
         hits, _ = self._collect(plan, stop_early=False)
         if q.url is None:
             return len(hits)
@@ -184,7 +187,7 @@ class _Best:
 class _Plan:
     """One query's conditions, ready to test a segment's index."""
 
-    def __init__(self, q: LogQuery, groups: list[set[str]], snap: int, cursor: _Cursor | None) -> None:
+    def __init__(self, q: LogQuery, groups: list[set[str]], snap: int, cursor: Cursor | None) -> None:
         self.q = q
         self.groups = groups
         self.snap = snap
@@ -214,7 +217,7 @@ class _Plan:
                 continue
             if any(column[o] != w for column, w in wanted):
                 continue
-            if cur is not None and not _after(cur, t, base + o):
+            if cur is not None and not after(cur, t, base + o):
                 continue
             out.append((t, base + o))
         return out
@@ -245,7 +248,8 @@ class _Plan:
         return column, -1 if got is None else got
 
 
-def _after(cursor: _Cursor, ts: int, leaf: int) -> bool:
+def after(cursor: Cursor, ts: int, leaf: int) -> bool:
+    """Whether (ts, leaf) comes after the cursor in its order."""
     if cursor.order == "desc":
         return (ts, leaf) < (cursor.ts, cursor.leaf)
     return (ts, leaf) > (cursor.ts, cursor.leaf)
