@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 VERSION = 1
 SIGNING_TAG = b"quipu-checkpoint-v1"
+REKEY_TAG = b"quipu-rekey-v1"
 LOG_NAME = "checkpoints.log"
 
 AnchorHook = Callable[["Checkpoint"], None]
@@ -59,18 +60,10 @@ class Checkpoint:
         return "".join(f"{f}\n" for f in fields).encode()
 
     def signed_with(self, key: RsaKey) -> "Checkpoint":
-        if key.private is None:
-            raise ValueError("signing needs the private key")
-        unsigned = replace(self, key_version=key.version, signature=b"")
-        sig = key.private.sign(unsigned.signed_bytes(), padding.PKCS1v15(), hashes.SHA256())
-        return replace(unsigned, signature=sig)
+        return _signed(self, key)
 
     def signature_valid(self, public: rsa.RSAPublicKey) -> bool:
-        try:
-            public.verify(self.signature, self.signed_bytes(), padding.PKCS1v15(), hashes.SHA256())
-        except InvalidSignature:
-            return False
-        return True
+        return _signature_ok(public, self.signature, self.signed_bytes())
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -107,12 +100,101 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class RekeyEvent:
+    """An audited rewrite of a table after a key leak (the offline re-key).
+
+    It names the tree the table had before (size, root) and the one it has now; signed
+    with the new key, it is what lets verify_integrity accept the rewrite, while a rewrite
+    without one still fails every earlier checkpoint. Signed bytes: like a checkpoint's,
+    with the tag `quipu-rekey-v1` and these fields in this order.
+    """
+
+    table: str
+    created_at: int
+    old_tree_size: int
+    old_root: bytes
+    new_tree_size: int
+    new_root: bytes
+    key_version: int
+    signature: bytes = b""
+
+    def signed_bytes(self) -> bytes:
+        fields = (
+            REKEY_TAG.decode(),
+            self.table,
+            self.created_at,
+            self.old_tree_size,
+            self.old_root.hex(),
+            self.new_tree_size,
+            self.new_root.hex(),
+            self.key_version,
+        )
+        return "".join(f"{f}\n" for f in fields).encode()
+
+    def signed_with(self, key: RsaKey) -> "RekeyEvent":
+        return _signed(self, key)
+
+    def signature_valid(self, public: rsa.RSAPublicKey) -> bool:
+        return _signature_ok(public, self.signature, self.signed_bytes())
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": VERSION,
+                "kind": "rekey",
+                "table": self.table,
+                "created_at": self.created_at,
+                "old_tree_size": self.old_tree_size,
+                "old_root": self.old_root.hex(),
+                "new_tree_size": self.new_tree_size,
+                "new_root": self.new_root.hex(),
+                "key_version": self.key_version,
+                "signature": base64.b64encode(self.signature).decode(),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, line: bytes) -> "RekeyEvent":
+        obj = orjson.loads(line)
+        if obj.get("v") != VERSION:
+            raise UnsupportedFormat(f"re-key event format version {obj.get('v')} is not supported")
+        return cls(
+            obj["table"],
+            obj["created_at"],
+            obj["old_tree_size"],
+            bytes.fromhex(obj["old_root"]),
+            obj["new_tree_size"],
+            bytes.fromhex(obj["new_root"]),
+            obj["key_version"],
+            base64.b64decode(obj["signature"], validate=True),
+        )
+
+
+def _signed(record, key: RsaKey):
+    """`record` with `key`'s version and its RSA PKCS#1 v1.5 / SHA-256 signature."""
+    if key.private is None:
+        raise ValueError("signing needs the private key")
+    unsigned = replace(record, key_version=key.version, signature=b"")
+    sig = key.private.sign(unsigned.signed_bytes(), padding.PKCS1v15(), hashes.SHA256())
+    return replace(unsigned, signature=sig)
+
+
+def _signature_ok(public: rsa.RSAPublicKey, signature: bytes, data: bytes) -> bool:
+    try:
+        public.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
 class CheckpointEntry:
     """One line of checkpoints.log: a checkpoint, or why the line could not be read."""
 
     line_no: int
     checkpoint: Checkpoint | None
     problem: str | None = None
+    rekey: "RekeyEvent | None" = None
 
 
 class CheckpointLog:
@@ -122,7 +204,7 @@ class CheckpointLog:
         self.path = path
         self._drop_torn_line()
 
-    def append(self, checkpoint: Checkpoint) -> None:
+    def append(self, checkpoint: "Checkpoint | RekeyEvent") -> None:
         """Append one line and fsync it before anyone (the anchor hook) is told."""
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -137,7 +219,10 @@ class CheckpointLog:
         out = []
         for no, line in enumerate(self.path.read_bytes().splitlines(), start=1):
             try:
-                out.append(CheckpointEntry(no, Checkpoint.from_json(line)))
+                if b'"kind":"rekey"' in line:
+                    out.append(CheckpointEntry(no, None, rekey=RekeyEvent.from_json(line)))
+                else:
+                    out.append(CheckpointEntry(no, Checkpoint.from_json(line)))
             except (UnsupportedFormat, ValueError, KeyError, TypeError) as err:
                 out.append(CheckpointEntry(no, None, f"checkpoints.log line {no} unreadable: {err}"))
         return out

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from quipu.core.chain import chain_next, genesis_seed
-from quipu.core.checkpoint import Checkpoint, CheckpointEntry
+from quipu.core.checkpoint import Checkpoint, CheckpointEntry, RekeyEvent
 from quipu.core.errors import CorruptStore
 from quipu.core.keyring import KeyRing
 from quipu.core.merkle import leaf_hash
@@ -47,10 +47,20 @@ def verify_tables(
         if entry.problem:
             report.problem(entry.problem)
     for table in tables:
+        check = _TableCheck(table, report)
         cps = [
             (e.line_no, e.checkpoint) for e in entries if e.checkpoint and e.checkpoint.table == table.name
         ]
-        _TableCheck(table, report).run(cps, keys)
+        rekeys = [(e.line_no, e.rekey) for e in entries if e.rekey and e.rekey.table == table.name]
+        if rekeys:
+            # The table was rewritten by an audited re-key: what came before it can only be
+            # checked for its signatures; the re-key event must match the table now.
+            line, event = rekeys[-1]
+            for old_line, cp in (c for c in cps if c[0] < line):
+                check.signature(f"checkpoint (checkpoints.log line {old_line})", cp, keys)
+            check.rekey(line, event, keys)
+            cps = [c for c in cps if c[0] > line]
+        check.run(cps, keys)
     return report
 
 
@@ -151,6 +161,20 @@ class _TableCheck:
             self.problem(f"segment {where}: its offsets file does not match it (delete the .qoff to rebuild)")
         return head
 
+    def signature(self, tag: str, signed: Checkpoint | RekeyEvent, keys: KeyRing) -> None:
+        public = keys.rsa_public(signed.key_version)
+        if public is None:
+            self.problem(f"{tag}: key version {signed.key_version} is not in the key ring")
+        elif not signed.signature_valid(public):
+            self.problem(f"{tag}: signature does not verify (edited, or signed by another key)")
+
+    def rekey(self, line: int, event: RekeyEvent, keys: KeyRing) -> None:
+        tag = f"re-key event (checkpoints.log line {line})"
+        self.signature(tag, event, keys)
+        spine = self.table.spine
+        if event.new_tree_size > spine.size or spine.root(event.new_tree_size) != event.new_root:
+            self.problem(f"{tag}: the table no longer matches the tree the re-key produced (rewritten)")
+
     def _check_checkpoints(
         self, checkpoints: list[tuple[int, Checkpoint]], keys: KeyRing, tree_size: int, first: int
     ) -> None:
@@ -158,11 +182,7 @@ class _TableCheck:
         prev_size = 0
         for line, cp in checkpoints:
             tag = f"checkpoint (checkpoints.log line {line})"
-            public = keys.rsa_public(cp.key_version)
-            if public is None:
-                self.problem(f"{tag}: key version {cp.key_version} is not in the key ring")
-            elif not cp.signature_valid(public):
-                self.problem(f"{tag}: signature does not verify (edited, or signed by another key)")
+            self.signature(tag, cp, keys)
             if cp.tree_size < prev_size:
                 self.problem(f"{tag}: tree size went back from {prev_size} to {cp.tree_size}")
             prev_size = max(prev_size, cp.tree_size)

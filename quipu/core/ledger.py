@@ -7,14 +7,15 @@ Layout under the root (docs/format.md): `LOCK`, `STORE` (identity), one folder p
 import logging
 import os
 import secrets
-from collections.abc import Callable, Mapping
+import shutil
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import orjson
 
-from quipu.core.checkpoint import LOG_NAME, AnchorHook, Checkpoint, CheckpointLog
+from quipu.core.checkpoint import LOG_NAME, AnchorHook, Checkpoint, CheckpointLog, RekeyEvent
 from quipu.core.errors import BadInput, CorruptStore, NotFound, UnsupportedFormat
-from quipu.core.files import replace_durably
+from quipu.core.files import fsync_dir, replace_durably
 from quipu.core.integrity import IntegrityReport, verify_tables
 from quipu.core.keyring import KeyRing
 from quipu.core.lock import StoreLock
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 STORE_NAME = "STORE"
 STORE_VERSION = 1
 QUARANTINE_NAME = "quarantine"
+REBUILDING, REPLACED = ".rebuilding", ".replaced"  # suffixes of a table swap in progress
 DEFAULT_TABLE = "logs"
 
 
@@ -79,15 +81,51 @@ class Ledger:
     def _open_table(self, name: str, config: TableConfig) -> None:
         if not name.isidentifier():
             raise BadInput(f"table name {name!r} must be a plain identifier")
-        self._tables[name] = Table(
-            self.root / name,
-            name,
-            self.store_id,
-            config,
-            self.root / QUARANTINE_NAME,
-            self._clock,
-            self._checkpoint_on_seal,
+        _finish_rebuild(self.root, name)
+        self._tables[name] = self._table_at(self.root / name, name, config, self._checkpoint_on_seal)
+
+    def _table_at(
+        self, directory: Path, name: str, config: TableConfig, on_seal: Callable[[Table], None]
+    ) -> Table:
+        return Table(
+            directory, name, self.store_id, config, self.root / QUARANTINE_NAME, self._clock, on_seal
         )
+
+    def rebuild_table(self, name: str, records: Iterable[tuple[int, bytes]]) -> tuple[int, bytes]:
+        """Replace a table by a new one holding `records` (the offline re-key); returns the
+        old (tree size, root) for the signed re-key event that makes verify accept it.
+
+        The new table is built beside the old one, then the directories are swapped and the
+        old one deleted, all under the store lock; a crash at any step is finished or undone
+        on the next open (`_finish_rebuild`).
+        """
+        old = self.table(name)
+        old_size, old_root, config = old.tree_size, old.root(), old.config
+        building, replaced = self.root / f"{name}{REBUILDING}", self.root / f"{name}{REPLACED}"
+        shutil.rmtree(building, ignore_errors=True)
+        fresh = self._table_at(building, name, config, lambda _table: None)
+        fresh.append_stamped(records)
+        fresh.close()
+        old.close()
+        os.rename(self.root / name, replaced)
+        os.rename(building, self.root / name)
+        fsync_dir(self.root)
+        shutil.rmtree(replaced)
+        self._tables[name] = self._table_at(self.root / name, name, config, self._checkpoint_on_seal)
+        return old_size, old_root
+
+    def record_rekey(self, table: str, old_size: int, old_root: bytes) -> RekeyEvent:
+        """Sign and log the re-key of `table`, then checkpoint it under the new key."""
+        key = self._keys.signing_key()
+        if key is None:
+            raise BadInput("a re-key needs the new RSA private key to sign its event")
+        current = self.table(table)
+        event = RekeyEvent(
+            table, self._clock(), old_size, old_root, current.tree_size, current.root(), key.version
+        ).signed_with(key)
+        self._checkpoints.append(event)
+        self._sign_checkpoint(current)
+        return event
 
     def __enter__(self) -> "Ledger":
         return self
@@ -175,6 +213,17 @@ class Ledger:
         for table in self._tables.values():
             table.close()
         self._lock.release()
+
+
+def _finish_rebuild(root: Path, name: str) -> None:
+    """Complete or undo a table swap a crash interrupted (see Ledger.rebuild_table)."""
+    replaced, building = root / f"{name}{REPLACED}", root / f"{name}{REBUILDING}"
+    if replaced.exists():
+        if (root / name).exists():
+            shutil.rmtree(replaced)  # the swap happened: the old table only has to go
+        else:
+            os.rename(replaced, root / name)  # the swap did not happen: keep the old table
+    shutil.rmtree(building, ignore_errors=True)  # a half-built table is never used
 
 
 def _store_id(root: Path, clock: Callable[[], int]) -> bytes:
