@@ -296,3 +296,16 @@ def test_indexes_survive_reopen_and_missing_index_files_are_rebuilt(tmp_path, ri
         assert [h["log_id"] for h in store.query(by_name("name3")).logs] == before
         assert store.count(LogQuery()) == 200
         assert store.verify_integrity().ok
+
+
+def test_an_edited_log_index_is_reported_by_verify(tmp_path, ring):
+    with open_store(tmp_path, ring, max_segment_bytes=4096) as store:
+        for i in range(100):
+            store.append(doc_event(i, f"name{i % 10}"))
+        assert store.verify_integrity().ok
+    idx = sorted((tmp_path / "logs").glob("*.qidx"))[0]
+    idx.write_bytes(idx.read_bytes().replace(b"PUT", b"GET", 1))
+    with open_store(tmp_path, ring, max_segment_bytes=4096) as store:
+        report = store.verify_integrity()
+    assert not report.ok
+    assert "does not match its rows" in report.problems[-1]

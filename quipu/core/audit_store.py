@@ -27,7 +27,7 @@ from quipu.core.event import AuditEvent
 from quipu.core.integrity import IntegrityReport
 from quipu.core.keyring import KeyRing
 from quipu.core.ledger import Ledger
-from quipu.core.log_index import LogIndexSet
+from quipu.core.log_index import LogIndexSet, stale_index_files
 from quipu.core.query import LogSearch, Page
 from quipu.core.query_spec import AccessQuery, LogQuery, query_shape
 from quipu.core.registry import Registry
@@ -286,7 +286,12 @@ class AuditStore:
 
     def verify_integrity(self, *, actor: str = EMBEDDED) -> IntegrityReport:
         self._audit(actor, "verify_integrity")
-        return self._ledger.verify_integrity()
+        report = self._ledger.verify_integrity()
+        for name in stale_index_files(self._logs):
+            report.problem(
+                f"logs: the index of segment {name} does not match its rows (delete the .qidx to rebuild)"
+            )
+        return report
 
     def run_retention(self, *, actor: str = EMBEDDED) -> int:
         """Drop expired sealed segments (logs, and access by its own window); returns how
