@@ -309,3 +309,21 @@ def test_an_edited_log_index_is_reported_by_verify(tmp_path, ring):
         report = store.verify_integrity()
     assert not report.ok
     assert "does not match its rows" in report.problems[-1]
+
+
+def test_delete_marks_only_the_first_target_and_reads_add_no_versions(tmp_path, ring):
+    with open_store(tmp_path, ring) as store:
+        doc = TargetSpec("default_target", EntityInput("doc1").text("name", "doc-1"))
+        folder = TargetSpec("default_target", EntityInput("f1").text("name", "folder-1"))
+        actor = EntityInput("u1").text("name", "user1")
+        for method in ("PUT", "DELETE", "GET", "DELETE", "GET"):
+            store.append(
+                AuditEvent("default_actor", actor, method, "/d", Content("Text", "x"), targets=(doc, folder))
+            )
+        assert [v["deleted"] for v in store.entity_history("default_target", "doc1")] == [False, True]
+        assert [v["deleted"] for v in store.entity_history("default_target", "f1")] == [False]
+        assert len(store.entity_history("default_actor", "u1")) == 1
+        assert [e["entity_id"] for e in store.list_entities("default_target")] == ["f1"]
+        assert len(store.list_entities("default_target", include_deleted=True)) == 2
+        store.append(AuditEvent("default_actor", actor, "POST", "/d", Content("Text", "x"), targets=(doc,)))
+        assert store.entity_history("default_target", "doc1")[-1]["deleted"] is False

@@ -143,20 +143,21 @@ class AuditStore:
 
     def _row(self, event: AuditEvent, now: int, leaf: int) -> tuple[LogRow, list[bytes]]:
         occurred = now if event.occurred_at is None else event.occurred_at
-        deleted = event.method.upper() == "DELETE"
         records: list[bytes] = []
 
-        def pin(entity_type: str, entity, where: str, is_target: bool) -> EntityRef:
+        def pin(entity_type: str, entity, where: str, deleted: bool | None) -> EntityRef:
             version, record = self._registry.upsert(
-                entity_type, entity.entity_id, entity.fields, occurred, deleted and is_target, where
+                entity_type, entity.entity_id, entity.fields, occurred, deleted, where
             )
             if record is not None:
                 records.append(record)
             return EntityRef(entity_type, entity.entity_id, version)
 
-        actor = pin(event.actor_type, event.actor, "actor", False)
+        primary = _deletion(event.method)
+        actor = pin(event.actor_type, event.actor, "actor", None)
         targets = tuple(
-            pin(t.entity_type, t.input, f"targets[{i}]", True) for i, t in enumerate(event.targets)
+            pin(t.entity_type, t.input, f"targets[{i}]", primary if i == 0 else None)
+            for i, t in enumerate(event.targets)
         )
         custom = {name: value.to_json() for name, value in event.custom.items()}
         log_id = make_log_id(occurred, self._ledger.store_id, leaf)
@@ -304,6 +305,16 @@ class AuditStore:
 
     def close(self) -> None:
         self._ledger.close()
+
+
+def _deletion(method: str) -> bool | None:
+    """What an event says about its first target, the resource the call acts on: DELETE
+    deletes it, a write (re)creates it, anything else leaves it as it is. Other targets are
+    context (the folder of a deleted document) and never change state."""
+    method = method.upper()
+    if method == "DELETE":
+        return True
+    return False if method in ("POST", "PUT", "PATCH") else None
 
 
 def rfc3339(micros: int) -> str:

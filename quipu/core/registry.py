@@ -135,15 +135,24 @@ class Registry:
         return [s.schema for s in self._types.values()]
 
     def upsert(
-        self, type_name: str, entity_id: str, fields: Mapping[str, Value], at: int, deleted: bool, where: str
+        self,
+        type_name: str,
+        entity_id: str,
+        fields: Mapping[str, Value],
+        at: int,
+        deleted: bool | None,
+        where: str,
     ) -> tuple[int, bytes | None]:
         """The version a row should pin for this entity input, and the registry record to
-        append when the input changes the entity (a new version), else None."""
+        append when the input changes the entity (a new version), else None. `deleted`
+        None keeps the entity's deleted flag as it is."""
         state = self._state(type_name, where)
         validate_entity_fields(state.schema, fields, where)
         versions = state.entities.get(entity_id)
         current = versions[-1] if versions else None
         changed = {n: v for n, v in fields.items() if not self._same(state.schema, entity_id, current, n, v)}
+        if deleted is None:
+            deleted = current.deleted if current else False
         if current is not None and not changed and current.deleted == deleted:
             return current.version, None
         stored = dict(current.fields) if current else {}
@@ -168,6 +177,9 @@ class Registry:
     ) -> bool:
         if current is None or name not in current.fields:
             return False
+        stored = current.fields[name]
+        if "v" in stored:  # a plain value: compare the tagged forms, no parsing on the hot path
+            return stored["v"] == value.to_json()
         fdef = schema.field(name)
         if protection.matches_exact(schema.type_name, fdef, current.fields[name], value, self._keys):
             return True

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from functools import cached_property
 from typing import Any, Literal, get_args
 
 from quipu.core.errors import BadInput
@@ -235,7 +236,12 @@ class TypeSchema:
         return {"type_name": self.type_name, "fields": [f.to_json() for f in self.fields]}
 
     def field(self, name: str) -> FieldDef | None:
-        return next((f for f in self.fields if f.name == name), None)
+        return self._by_name.get(name)
+
+    @cached_property
+    def _by_name(self) -> dict[str, FieldDef]:
+        """Fields by name: every registry write looks fields up (cached on the frozen instance)."""
+        return {f.name: f for f in self.fields}
 
 
 def _show_attr(value: object) -> str:

@@ -134,6 +134,7 @@ class Segment:
         self._written = size
         self._pending = bytearray()
         self._offsets: array | None = None  # frame offset of each record; loaded lazily if sealed
+        self._read_fd: int | None = None
 
     # --- opening -------------------------------------------------------------------
 
@@ -273,6 +274,22 @@ class Segment:
             self.write_out()
             os.close(self._fd)
             self._fd = None
+        self.release_reader()
+
+    def _reader(self) -> int:
+        """A read-only fd kept open for random reads (a query reads many rows of a segment)."""
+        if self._read_fd is None:
+            fd = os.open(self.path, os.O_RDONLY)
+            if self._read_fd is None:  # another reader thread may have won the race
+                self._read_fd = fd
+            else:
+                os.close(fd)
+        return self._read_fd
+
+    def release_reader(self) -> None:
+        if self._read_fd is not None:
+            os.close(self._read_fd)
+            self._read_fd = None
 
     # --- reading -------------------------------------------------------------------
 
@@ -288,9 +305,9 @@ class Segment:
             start = at - self._written + _FRAME.size
             body = bytes(self._pending[start : start + length])
         else:
-            with open(self.path, "rb") as f:
-                length, _ = _FRAME.unpack(os.pread(f.fileno(), _FRAME.size, at))
-                body = os.pread(f.fileno(), length, at + _FRAME.size)
+            fd = self._fd if self._fd is not None else self._reader()
+            length, _ = _FRAME.unpack(os.pread(fd, _FRAME.size, at))
+            body = os.pread(fd, length, at + _FRAME.size)
         ts, chain, payload = record_fields(body)
         return Record(self.header.base_index + ordinal, ts, chain, payload)
 

@@ -256,6 +256,7 @@ class Table:
             doomed, self._segments = self._segments[:count], self._segments[count:]
             before_unlink(self)
         for seg in doomed:
+            seg.release_reader()
             for side in self.directory.glob(f"{seg.path.stem}.*"):  # side files share its stem
                 if side != seg.path:
                     side.unlink()
@@ -335,7 +336,8 @@ class Table:
             if self._closed:
                 return
             self._sync()
-            self._active.close()
+            for seg in self._segments:
+                seg.close()
             self._spine.sync()
             self._spine.close()
             self._closed = True
