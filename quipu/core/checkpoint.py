@@ -32,8 +32,33 @@ LOG_NAME = "checkpoints.log"
 AnchorHook = Callable[["Checkpoint"], None]
 
 
+class _SignedRecord:
+    """What checkpoints and re-key events share: an RSA PKCS#1 v1.5 / SHA-256 signature
+    over `signed_bytes()`, made with a key ring version and checked with its public key."""
+
+    def signed_with(self, key: RsaKey):
+        """This record with `key`'s version and signature."""
+        if key.private is None:
+            raise ValueError("signing needs the private key")
+        unsigned = replace(self, key_version=key.version, signature=b"")
+        sig = key.private.sign(unsigned.signed_bytes(), padding.PKCS1v15(), hashes.SHA256())
+        return replace(unsigned, signature=sig)
+
+    def signature_valid(self, public: rsa.RSAPublicKey) -> bool:
+        try:
+            public.verify(self.signature, self.signed_bytes(), padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature:
+            return False
+        return True
+
+
+def _lines(fields: tuple) -> bytes:
+    """Signed bytes: each field as text followed by a newline (docs/format.md)."""
+    return "".join(f"{f}\n" for f in fields).encode()
+
+
 @dataclass(frozen=True)
-class Checkpoint:
+class Checkpoint(_SignedRecord):
     table: str
     created_at: int
     segment_seq: int
@@ -57,13 +82,7 @@ class Checkpoint:
             self.chain_head.hex(),
             self.key_version,
         )
-        return "".join(f"{f}\n" for f in fields).encode()
-
-    def signed_with(self, key: RsaKey) -> "Checkpoint":
-        return _signed(self, key)
-
-    def signature_valid(self, public: rsa.RSAPublicKey) -> bool:
-        return _signature_ok(public, self.signature, self.signed_bytes())
+        return _lines(fields)
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -100,7 +119,7 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
-class RekeyEvent:
+class RekeyEvent(_SignedRecord):
     """An audited rewrite of a table after a key leak (the offline re-key).
 
     It names the tree the table had before (size, root) and the one it has now; signed
@@ -129,13 +148,7 @@ class RekeyEvent:
             self.new_root.hex(),
             self.key_version,
         )
-        return "".join(f"{f}\n" for f in fields).encode()
-
-    def signed_with(self, key: RsaKey) -> "RekeyEvent":
-        return _signed(self, key)
-
-    def signature_valid(self, public: rsa.RSAPublicKey) -> bool:
-        return _signature_ok(public, self.signature, self.signed_bytes())
+        return _lines(fields)
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -168,23 +181,6 @@ class RekeyEvent:
             obj["key_version"],
             base64.b64decode(obj["signature"], validate=True),
         )
-
-
-def _signed(record, key: RsaKey):
-    """`record` with `key`'s version and its RSA PKCS#1 v1.5 / SHA-256 signature."""
-    if key.private is None:
-        raise ValueError("signing needs the private key")
-    unsigned = replace(record, key_version=key.version, signature=b"")
-    sig = key.private.sign(unsigned.signed_bytes(), padding.PKCS1v15(), hashes.SHA256())
-    return replace(unsigned, signature=sig)
-
-
-def _signature_ok(public: rsa.RSAPublicKey, signature: bytes, data: bytes) -> bool:
-    try:
-        public.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
-    except InvalidSignature:
-        return False
-    return True
 
 
 @dataclass(frozen=True)
