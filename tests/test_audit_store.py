@@ -327,3 +327,13 @@ def test_delete_marks_only_the_first_target_and_reads_add_no_versions(tmp_path, 
         assert len(store.list_entities("default_target", include_deleted=True)) == 2
         store.append(AuditEvent("default_actor", actor, "POST", "/d", Content("Text", "x"), targets=(doc,)))
         assert store.entity_history("default_target", "doc1")[-1]["deleted"] is False
+
+
+def test_write_only_store_adds_no_version_for_an_unchanged_encrypted_field(tmp_path, ring):
+    write_only = KeyRing([type(ring.rsa_key())(1, ring.rsa_key().public)], [HmacKey(1, b"k" * 32)])
+    with open_store(tmp_path, write_only) as store:
+        for i in range(5):
+            store.append(doc_event(10 * i + 3, "same name"))
+        assert len(store.entity_history("document", "d3")) == 1
+        store.append(doc_event(3, "new name"))
+        assert len(store.entity_history("document", "d3")) == 2

@@ -58,6 +58,10 @@ class Registry:
         self.columns: dict[str, ColumnDef] = {}
         self._plain: dict[tuple[str, str, int, str], Value] | None = {} if plaintext_cache else None
         self._undo: list[tuple[str, str]] | None = None
+        # Rsa plaintexts this process wrote, kept in memory only: without the private key
+        # (write-only), they are how an unchanged value is told from a changed one, so
+        # repeated writes add no versions. Never persisted; a restart forgets them.
+        self._last_written: dict[tuple[str, str, int, str], Value] = {}
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -79,9 +83,11 @@ class Registry:
         version = entities[entity_id].pop()
         if not entities[entity_id]:
             del entities[entity_id]
-        if self._plain is not None:
-            for name in version.fields:
-                self._plain.pop((type_name, entity_id, version.version, name), None)
+        for name in version.fields:
+            key = (type_name, entity_id, version.version, name)
+            self._last_written.pop(key, None)
+            if self._plain is not None:
+                self._plain.pop(key, None)
 
     # --- replay and definitions -----------------------------------------------------
 
@@ -170,6 +176,8 @@ class Registry:
         self._add_version(type_name, entity_id, version)
         for name, value in changed.items():
             self._remember_plain(type_name, entity_id, version.version, name, value)
+            if state.schema.field(name).protection == Protection.RSA:
+                self._last_written[(type_name, entity_id, version.version, name)] = value
         return version.version, _encode(record)
 
     def _same(
@@ -184,6 +192,8 @@ class Registry:
         if protection.matches_exact(schema.type_name, fdef, current.fields[name], value, self._keys):
             return True
         cached = self._cached_plain(schema.type_name, entity_id, current.version, name)
+        if cached is None:  # write-only: what this process last wrote stands in for decrypting
+            cached = self._last_written.get((schema.type_name, entity_id, current.version, name))
         return cached is not None and cached == value
 
     def _add_version(self, type_name: str, entity_id: str, version: EntityVersion) -> None:
