@@ -25,22 +25,18 @@ pymerkle is optional (`pip install -e '.[bench]'`); without it its rows are skip
 import argparse
 import cProfile
 import gc
-import os
-import platform
-import pstats
 import random
-import resource
 import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
+import benchkit as bk
+from benchkit import fmt_rate, mem, perf, ratio, run_chunks
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 import quipu.core.ledger as quipu_ledger
@@ -67,8 +63,6 @@ GROUP_COMMIT = (1000, 0.02)
 TARGET_APPEND_RATIO = 1.0
 TARGET_PROOF_MS = 1.0
 TARGET_OPEN_S = 1.0
-
-perf = time.perf_counter
 
 
 # --- payloads ------------------------------------------------------------------------
@@ -108,18 +102,6 @@ def chunk_step(
     return step
 
 
-def run_chunks(chunks: Sequence[list[bytes]], step: Callable[[list[bytes]], None], budget: float) -> int:
-    """Feed chunks to `step` until done or `budget` seconds have passed; returns records fed."""
-    deadline = perf() + budget
-    done = 0
-    for chunk in chunks:
-        step(chunk)
-        done += len(chunk)
-        if perf() > deadline:
-            break
-    return done
-
-
 def now_micros() -> int:
     return time.time_ns() // 1000
 
@@ -139,48 +121,22 @@ class AppendResult:
 
     @property
     def rate(self) -> float:
-        return self.records / self.seconds if self.seconds > 0 else float("nan")
+        return bk.per_second(self.records, self.seconds)
 
     @property
     def us_per_record(self) -> float:
-        return self.seconds / self.records * 1e6 if self.records else float("nan")
+        return bk.micros_each(self.seconds, self.records)
 
 
 @dataclass
-class Latency:
+class Latency(bk.LatencyStats):
     label: str
     size: int
     samples: list[float]  # milliseconds
 
-    def pct(self, q: float) -> float:
-        s = sorted(self.samples)
-        return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples) if self.samples else float("nan")
-
-
-MEMORY: list[tuple[str, float, float]] = []
-
-
-def mem(phase: str) -> None:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    cur = psutil.Process().memory_info().rss / (1 << 20)
-    MEMORY.append((phase, peak, cur))
-    print(f"  [mem] after {phase}: peak RSS {peak:,.1f} MiB, current RSS {cur:,.1f} MiB", flush=True)
-
 
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def fmt_rate(r: float) -> str:
-    return f"{r:,.0f}"
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
 
 
 # --- quipu ---------------------------------------------------------------------------
@@ -326,26 +282,13 @@ def phase_append(
     else:
         print("  pymerkle is not installed: its rows are skipped")
 
-    rounds: list[list[AppendResult]] = [[] for _ in cases]
-    for rnd in range(args.repeat):
-        for i, case in enumerate(cases):  # interleaved: drift hits every case alike
-            root = tmp / f"append-{rnd}-{i}"
-            result = case(root)
-            shutil.rmtree(root)
-            rounds[i].append(result)
-            cut = "" if result.records >= result.planned else f"  (time budget hit at {result.records:,})"
-            print(
-                f"  [{rnd + 1}/{args.repeat}] {result.system:8} {result.policy:24} {result.style:20} "
-                f"{result.records:>9,} rec {result.seconds:8.3f} s {fmt_rate(result.rate):>11} rec/s{cut}",
-                flush=True,
-            )
-    results = []
-    for runs in rounds:
-        by_rate = sorted(runs, key=lambda r: r.rate)
-        kept = by_rate[len(by_rate) // 2]
-        if len(runs) > 1:
-            kept.note = f"rounds {fmt_rate(by_rate[0].rate)}..{fmt_rate(by_rate[-1].rate)} rec/s; {kept.note}"
-        results.append(kept)
+    def describe(r: AppendResult) -> str:
+        return (
+            f"{r.system:8} {r.policy:24} {r.style:20} {r.records:>9,} rec {r.seconds:8.3f} s "
+            f"{fmt_rate(r.rate):>11} rec/s{bk.budget_cut(r.records, r.planned)}"
+        )
+
+    results = bk.run_rounds(cases, args.repeat, tmp, "append", describe, "rec/s")
     mem("phase 1 (append)")
     return results
 
@@ -357,8 +300,7 @@ def print_append_table(results: list[AppendResult]) -> None:
         f"{'system':8} {'sync / commit':24} {'style':20} {'records':>9} {'seconds':>8} "
         f"{'rec/s':>11} {'us/rec':>8} {'vs sqlite-em':>12}  notes"
     )
-    print(header)
-    print("-" * len(header))
+    bk.print_header(header)
     for r in results:
         rel = f"{ratio(r.rate, base.rate):.2f}x" if base else "-"
         print(
@@ -382,6 +324,25 @@ def time_calls(
         if perf() > deadline:
             break
     return Latency(label, size, samples)
+
+
+def time_proofs(
+    prover: str,
+    size: int,
+    indices: Sequence[int],
+    firsts: Sequence[int],
+    inclusion: Callable[[int], object],
+    consistency: Callable[[int], object],
+    budget: float,
+) -> list[Latency]:
+    """Inclusion then consistency latency of one prover, the same way for quipu and pymerkle."""
+    lats = [
+        time_calls(f"{prover} inclusion", size, indices, inclusion, budget),
+        time_calls(f"{prover} consistency", size, firsts, consistency, budget),
+    ]
+    for lat in lats:
+        print(f"  {lat.label}: median {lat.median:.4f} ms over {len(lat.samples):,} proofs", flush=True)
+    return lats
 
 
 def phase_proofs(
@@ -423,12 +384,7 @@ def phase_proofs(
     for f in firsts[:20]:
         c = t.prove_consistency(f)
         verify_consistency(c.first_size, c.second_size, c.first_root, c.second_root, c.proof)
-    lats = [
-        time_calls("quipu inclusion", size, indices, t.prove_inclusion, args.budget),
-        time_calls("quipu consistency", size, firsts, t.prove_consistency, args.budget),
-    ]
-    for lat in lats:
-        print(f"  {lat.label}: median {lat.median:.4f} ms over {len(lat.samples):,} proofs", flush=True)
+    lats = time_proofs("quipu", size, indices, firsts, t.prove_inclusion, t.prove_consistency, args.budget)
     quipu_root = t.root()
     mem("quipu proofs")
 
@@ -504,12 +460,9 @@ def pymerkle_proofs(
             tree.prove_inclusion(i)
         for f in firsts[:20]:
             tree.prove_consistency(f)
-        lats = [
-            time_calls("pymerkle inclusion", size, indices, tree.prove_inclusion, args.budget),
-            time_calls("pymerkle consistency", size, firsts, tree.prove_consistency, args.budget),
-        ]
-        for lat in lats:
-            print(f"  {lat.label}: median {lat.median:.4f} ms over {len(lat.samples):,} proofs", flush=True)
+        lats = time_proofs(
+            "pymerkle", size, indices, firsts, tree.prove_inclusion, tree.prove_consistency, args.budget
+        )
         cache = tree.get_cache_info()
         info["pm_cache"] = (
             f"subroot cache {cache.size / (1 << 20):.1f} MiB, hits {cache.hits:,}, misses {cache.misses:,}"
@@ -526,8 +479,7 @@ def pymerkle_proofs(
 def print_proof_table(lats: list[Latency], info: dict[str, object]) -> None:
     print("\n--- Proof generation latency (ms; warm page cache; quipu has no cache, pymerkle caches) ---")
     header = f"{'prover':22} {'tree size':>10} {'proofs':>7} {'median':>9} {'p90':>9} {'p99':>9} {'max':>9}"
-    print(header)
-    print("-" * len(header))
+    bk.print_header(header)
     for lat in lats:
         print(
             f"{lat.label:22} {lat.size:>10,} {len(lat.samples):>7,} {lat.median:>9.4f} "
@@ -625,16 +577,11 @@ def print_summary(results: list[AppendResult], lats: list[Latency], info: dict[s
                 "PASS" if med < TARGET_OPEN_S else "MISS",
             )
         )
-    width = max(len(r[0]) for r in rows)
-    vwidth = max(len(r[1]) for r in rows)
-    for label, value, target, verdict in rows:
-        print(f"  {label:{width}}  {value:{vwidth}}  target {target:9}  {verdict}")
+    bk.print_targets(rows)
     if size and size < 1_000_000:
         print(f"  (proof/open targets are stated at 1M records; this run measured {size:,})")
 
-    print("\n=== Memory after each phase ===")
-    for phase, peak, cur in MEMORY:
-        print(f"  {phase:32} peak RSS {peak:>9,.1f} MiB   current RSS {cur:>9,.1f} MiB")
+    bk.print_memory(32)
 
 
 # --- profile -------------------------------------------------------------------------
@@ -667,29 +614,10 @@ def run_profile(tmp: Path, pool_chunks: list[list[bytes]], keys: KeyRing, args: 
         f"\n=== cProfile: quipu group-commit per-record append, {done:,} records, {elapsed:.2f} s "
         f"under the profiler ({fmt_rate(done / elapsed)} rec/s; cProfile inflates call overhead) ==="
     )
-    stats = pstats.Stats(profiler)
-    stats.sort_stats("tottime").print_stats(args.profile_top)
+    bk.print_profile(profiler, args.profile_top)
 
 
 # --- main ----------------------------------------------------------------------------
-
-
-def machine_info() -> None:
-    print("=== Machine ===")
-    print(
-        f"  python      {sys.version.split()[0]} ({platform.python_implementation()}) "
-        f"on {platform.platform()}"
-    )
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-    print(f"  cpus        os.cpu_count()={os.cpu_count()}, usable={affinity}")
-    print(f"  memory      {psutil.virtual_memory().total / (1 << 30):.1f} GiB")
-    tmp = tempfile.gettempdir()
-    parts = [p for p in psutil.disk_partitions(all=True) if tmp.startswith(p.mountpoint)]
-    fs = max(parts, key=lambda p: len(p.mountpoint)) if parts else None
-    print(f"  temp dir    {tmp} ({fs.fstype + ' on ' + fs.device if fs else 'unknown fs'})")
-    print(f"  sqlite      {sqlite3.sqlite_version}")
-    print(f"  pymerkle    {pymerkle.__version__ if pymerkle else 'not installed'}")
-    print(f"  quipu       {Path(quipu_ledger.__file__).parent}")
 
 
 def make_keys() -> KeyRing:
@@ -724,16 +652,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.proof_records, args.proof_samples = 100_000, 500
         args.budget, args.build_budget, args.pymerkle_budget = 20.0, 60.0, 20.0
         args.profile_records = 20_000
-    for name in ("records", "always_records", "proof_records", "proof_samples", "profile_records", "repeat"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be positive")
+    bk.require_positive(
+        ap, args, ("records", "always_records", "proof_records", "proof_samples", "profile_records", "repeat")
+    )
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     wall = perf()
-    machine_info()
+    bk.machine_info(
+        [
+            ("pymerkle", pymerkle.__version__ if pymerkle else "not installed"),
+            ("quipu", str(Path(quipu_ledger.__file__).parent)),
+        ]
+    )
     start = perf()
     keys = make_keys()
     pool_chunks = make_pool_chunks(SEED)
@@ -751,8 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--repeat {args.repeat}, budget {args.budget:.0f} s/loop"
         )
     mem("setup")
-    with tempfile.TemporaryDirectory(prefix="quipu-bench-", dir="/tmp") as tmp_name:
-        tmp = Path(tmp_name)
+    with bk.bench_tmpdir("quipu-bench-") as tmp:
         if args.profile:
             run_profile(tmp, pool_chunks, keys, args)
             return 0

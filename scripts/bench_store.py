@@ -46,25 +46,20 @@ import argparse
 import cProfile
 import gc
 import hashlib
-import os
-import platform
-import pstats
 import random
-import resource
 import shutil
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import benchkit as bk
 import orjson
-import psutil
+from benchkit import MEMORY, fmt_rate, mem, perf, ratio, rss_mib, run_chunks
 
 import quipu.core.audit_store as quipu_store
 from quipu.core.audit_store import AuditStore, StoreConfig
@@ -95,8 +90,6 @@ TARGET_APPEND_RATIO = 2.0  # quipu ev/s >= 2x sqlite ev/s at 1M
 TARGET_QUERY_RATIO = 1.0  # quipu median <= 1x sqlite median
 TARGET_RSS_MIB = 1024.0
 TARGET_EVENTS = 1_000_000
-
-perf = time.perf_counter
 
 
 # --- events --------------------------------------------------------------------------
@@ -183,45 +176,23 @@ class Rate:
 
     @property
     def rate(self) -> float:
-        return self.events / self.seconds if self.seconds > 0 else float("nan")
+        return bk.per_second(self.events, self.seconds)
 
     @property
     def call_rate(self) -> float:
-        return self.events / self.call_seconds if self.call_seconds > 0 else float("nan")
+        return bk.per_second(self.events, self.call_seconds)
 
     @property
     def us_per_event(self) -> float:
-        return self.seconds / self.events * 1e6 if self.events else float("nan")
+        return bk.micros_each(self.seconds, self.events)
 
 
 @dataclass
-class Latency:
+class Latency(bk.LatencyStats):
     label: str
     system: str
     samples: list[float] = field(default_factory=list)  # milliseconds
     first_ms: float = float("nan")  # the first call, before the warm-up
-
-    def pct(self, q: float) -> float:
-        s = sorted(self.samples)
-        return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples) if self.samples else float("nan")
-
-
-MEMORY: list[tuple[str, float, float]] = []
-
-
-def rss_mib() -> float:
-    return psutil.Process().memory_info().rss / (1 << 20)
-
-
-def mem(phase: str) -> None:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    cur = psutil.Process().memory_info().rss / (1 << 20)
-    MEMORY.append((phase, peak, cur))
-    print(f"  [mem] after {phase}: peak RSS {peak:,.1f} MiB, current RSS {cur:,.1f} MiB", flush=True)
 
 
 def disk_usage(path: Path) -> tuple[int, int]:
@@ -246,16 +217,8 @@ def disk_breakdown(path: Path) -> dict[str, int]:
     return out
 
 
-def fmt_rate(r: float) -> str:
-    return f"{r:,.0f}"
-
-
 def mib(n: float) -> str:
     return f"{n / (1 << 20):,.1f} MiB"
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
 
 
 # --- quipu ---------------------------------------------------------------------------
@@ -503,11 +466,7 @@ def phase_small(tmp: Path, keys: KeyRing, args: argparse.Namespace) -> list[Rate
 
     def run(step: Callable[[list[dict], Rate], None], r: Rate, after: Callable[[Rate], None]) -> Rate:
         gc.collect()
-        deadline = perf() + args.budget
-        for chunk in chunks:
-            step(chunk, r)
-            if perf() > deadline:
-                break
+        run_chunks(chunks, lambda chunk: step(chunk, r), args.budget)
         after(r)
         return r
 
@@ -548,27 +507,14 @@ def phase_small(tmp: Path, keys: KeyRing, args: argparse.Namespace) -> list[Rate
         sqlite_case("executemany, commit/1000"),
         ceiling_case,
     ]
-    rounds: list[list[Rate]] = [[] for _ in cases]
-    for rnd in range(args.repeat):
-        for i, case in enumerate(cases):  # interleaved: drift hits every case alike
-            root = tmp / f"small-{rnd}-{i}"
-            r = case(root)
-            shutil.rmtree(root, ignore_errors=True)
-            rounds[i].append(r)
-            cut = "" if r.events >= r.planned else f"  (time budget hit at {r.events:,})"
-            print(
-                f"  [{rnd + 1}/{args.repeat}] {r.system:7} {r.style:32} {r.events:>8,} ev "
-                f"{r.seconds:7.3f} s {fmt_rate(r.rate):>9} ev/s (call only {fmt_rate(r.call_rate):>9}){cut}",
-                flush=True,
-            )
-    kept = []
-    for runs in rounds:
-        by_rate = sorted(runs, key=lambda r: r.rate)
-        r = by_rate[len(by_rate) // 2]
-        if len(runs) > 1:
-            spread = f"rounds {fmt_rate(by_rate[0].rate)}..{fmt_rate(by_rate[-1].rate)} ev/s"
-            r.note = f"{spread}; {r.note}" if r.note else spread
-        kept.append(r)
+
+    def describe(r: Rate) -> str:
+        return (
+            f"{r.system:7} {r.style:32} {r.events:>8,} ev {r.seconds:7.3f} s {fmt_rate(r.rate):>9} ev/s "
+            f"(call only {fmt_rate(r.call_rate):>9}){bk.budget_cut(r.events, r.planned)}"
+        )
+
+    kept = bk.run_rounds(cases, args.repeat, tmp, "small", describe, "ev/s")
     mem("phase 1 (small-N append styles)")
     return kept
 
@@ -581,8 +527,7 @@ def print_small_table(results: list[Rate]) -> None:
         f"{'system':7} {'style':32} {'events':>8} {'seconds':>8} {'ev/s':>9} {'us/ev':>7} "
         f"{'call ev/s':>10} {'vs sqlite-em':>12} {'of ceiling':>10}  notes"
     )
-    print(header)
-    print("-" * len(header))
+    bk.print_header(header)
     for r in results:
         vs = f"{ratio(r.rate, base.rate):.2f}x" if base else "-"
         of = f"{ratio(r.rate, ceil.rate) * 100:.1f}%" if ceil else "-"
@@ -710,8 +655,7 @@ def print_build_table(build: Build) -> None:
         f"{'system':7} {'style':38} {'events':>9} {'seconds':>8} {'ev/s':>9} {'us/ev':>7} "
         f"{'vs sqlite':>9} {'of ceiling':>10}"
     )
-    print(header)
-    print("-" * len(header))
+    bk.print_header(header)
     rows = [
         ("sqlite", "end to end (row tuples + executemany)", sq.seconds),
         ("sqlite", "executemany + commit call only", sq.call_seconds),
@@ -732,8 +676,7 @@ def print_build_table(build: Build) -> None:
         f"{'events':>21} {'sqlite':>9} {'quipu e2e':>10} {'quipu call':>10} {'ceiling':>10} "
         f"{'quipu/sqlite':>12} {'sqlite % ceil':>13} {'quipu % ceil':>12}"
     )
-    print(header)
-    print("-" * len(header))
+    bk.print_header(header)
     for first, count, s in build.slices:
         print(
             f"{first + 1:>10,}..{first + count:<10,} {fmt_rate(s['sqlite'].rate):>9} "
@@ -914,8 +857,7 @@ def print_query_table(results: list[tuple[Latency, Latency, int, int, str]], inf
         f"{'query':34} {'system':6} {'n':>3} {'median':>9} {'p90':>9} {'max':>9} {'first':>9} "
         f"{'quipu/sqlite':>12} {'agree':>7}"
     )
-    print(header)
-    print("-" * len(header))
+    bk.print_header(header)
     for q, s, agree, checked, _ in results:
         for lat in (s, q):
             rel = f"{ratio(q.median, s.median):.2f}x" if lat is q else ""
@@ -1112,16 +1054,11 @@ def print_summary(
         rows.append(
             (f"AuditStore.open at {build.events:,}", f"{statistics.median(opens) * 1e3:.1f} ms", "-", "info")
         )
-    width = max(len(r[0]) for r in rows)
-    vwidth = max(len(r[1]) for r in rows)
-    for label, value, target, verdict in rows:
-        print(f"  {label:{width}}  {value:{vwidth}}  target {target:9}  {verdict}")
+    bk.print_targets(rows)
     if build.events < TARGET_EVENTS:
         print(f"  (targets are stated at {TARGET_EVENTS:,} events; this run stored {build.events:,})")
 
-    print("\n=== Memory after each phase ===")
-    for phase, peak, cur in MEMORY:
-        print(f"  {phase:40} peak RSS {peak:>9,.1f} MiB   current RSS {cur:>9,.1f} MiB")
+    bk.print_memory(40)
 
 
 # --- profile -------------------------------------------------------------------------
@@ -1137,17 +1074,11 @@ def run_profile(tmp: Path, keys: KeyRing, args: argparse.Namespace) -> None:
 
     def run(root: Path, profiler: cProfile.Profile | None) -> tuple[int, float]:
         store = open_store(root, keys)
-        deadline = perf() + args.budget
-        done = 0
         gc.collect()
         start = perf()
         if profiler is not None:
             profiler.enable()
-        for c in chunks:
-            store.append_many(c)
-            done += len(c)
-            if perf() > deadline:
-                break
+        done = run_chunks(chunks, store.append_many, args.budget)
         store.flush()
         if profiler is not None:
             profiler.disable()
@@ -1178,8 +1109,7 @@ def run_profile(tmp: Path, keys: KeyRing, args: argparse.Namespace) -> None:
         f"\n=== cProfile: AuditStore.append_many {BATCH}, {done:,} events, {elapsed:.2f} s under the "
         f"profiler ({fmt_rate(done / elapsed)} ev/s; cProfile inflates call overhead) ==="
     )
-    stats = pstats.Stats(profiler)
-    stats.sort_stats("tottime").print_stats(args.profile_top)
+    stats = bk.print_profile(profiler, args.profile_top)
 
     by_file: dict[str, list[float]] = {}
     total = 0.0
@@ -1218,24 +1148,6 @@ def builtin_name(func: str) -> str:
 
 
 # --- main ----------------------------------------------------------------------------
-
-
-def machine_info() -> None:
-    print("=== Machine ===")
-    print(
-        f"  python      {sys.version.split()[0]} ({platform.python_implementation()}) "
-        f"on {platform.platform()}"
-    )
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-    print(f"  cpus        os.cpu_count()={os.cpu_count()}, usable={affinity}")
-    print(f"  memory      {psutil.virtual_memory().total / (1 << 30):.1f} GiB")
-    tmp = tempfile.gettempdir()
-    parts = [p for p in psutil.disk_partitions(all=True) if tmp.startswith(p.mountpoint)]
-    fs = max(parts, key=lambda p: len(p.mountpoint)) if parts else None
-    print(f"  temp dir    {tmp} ({fs.fstype + ' on ' + fs.device if fs else 'unknown fs'})")
-    print(f"  sqlite      {sqlite3.sqlite_version}")
-    print(f"  orjson      {orjson.__version__}")
-    print(f"  quipu       {Path(quipu_store.__file__).parent} (commit {git_head()})")
 
 
 def git_head() -> str:
@@ -1281,9 +1193,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.events, args.slice, args.small_events, args.repeat = 50_000, 10_000, 5_000, 1
         args.reps, args.renames, args.budget, args.build_budget = 10, 20, 20.0, 180.0
         args.profile_events = 10_000
-    for name in ("events", "slice", "small_events", "repeat", "reps", "renames", "opens", "profile_events"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be positive")
+    bk.require_positive(
+        ap, args, ("events", "slice", "small_events", "repeat", "reps", "renames", "opens", "profile_events")
+    )
     if args.slice % BLOCK:
         ap.error(f"--slice must be a multiple of {BLOCK:,} (the interleaving block)")
     if args.renames > DOCS // 2:
@@ -1294,7 +1206,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     wall = perf()
-    machine_info()
+    bk.machine_info(
+        [
+            ("orjson", orjson.__version__),
+            ("quipu", f"{Path(quipu_store.__file__).parent} (commit {git_head()})"),
+        ]
+    )
     start = perf()
     keys = KeyRing.generate()
     print(f"  setup       KeyRing.generate() (RSA-2048 + HMAC) in {perf() - start:.2f} s (not timed)")
@@ -1314,8 +1231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"1-3 targets; {'/'.join(METHODS)} {shares} %; ~{CONTENT_BYTES} B content"
         )
     mem("setup")
-    with tempfile.TemporaryDirectory(prefix="quipu-bench-store-", dir="/tmp") as tmp_name:
-        tmp = Path(tmp_name)
+    with bk.bench_tmpdir("quipu-bench-store-") as tmp:
         if args.profile:
             run_profile(tmp, keys, args)
             return 0
