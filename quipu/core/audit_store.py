@@ -256,26 +256,11 @@ class AuditStore:
             raise NotFound(f"log {log_id} is not retained (purged by retention)") from None
         if row.log_id != log_id.lower():
             raise NotFound(f"log {log_id} is not in this store")
-        proof = self._logs.prove_inclusion(leaf)
-        return {
-            "log_id": row.log_id,
-            "leaf_index": proof.leaf_index,
-            "tree_size": proof.tree_size,
-            "leaf": proof.leaf_hash.hex(),
-            "audit_path": [h.hex() for h in proof.path],
-            "merkle_root": proof.root.hex(),
-        }
+        return {"log_id": row.log_id, **self._logs.prove_inclusion(leaf).to_dict()}
 
     def prove_consistency(self, first_size: int, *, actor: str = EMBEDDED) -> dict:
         self._audit(actor, "prove_consistency", {"first_size": first_size})
-        proof = self._logs.prove_consistency(first_size)
-        return {
-            "first_size": proof.first_size,
-            "second_size": proof.second_size,
-            "first_root": proof.first_root.hex(),
-            "merkle_root": proof.second_root.hex(),
-            "proof": [h.hex() for h in proof.proof],
-        }
+        return self._logs.prove_consistency(first_size).to_dict()
 
     def checkpoint(self, *, actor: str = EMBEDDED) -> Checkpoint | None:
         """Checkpoint every table; returns the `logs` one (None without a private key)."""

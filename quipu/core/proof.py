@@ -23,12 +23,13 @@ class InclusionProof:
     root: bytes
 
     def to_dict(self) -> dict:
+        """The v1 HTTP API's JSON form (hex hashes)."""
         return {
             "leaf_index": self.leaf_index,
             "tree_size": self.tree_size,
-            "leaf_hash": self.leaf_hash.hex(),
-            "path": [h.hex() for h in self.path],
-            "root": self.root.hex(),
+            "leaf": self.leaf_hash.hex(),
+            "audit_path": [h.hex() for h in self.path],
+            "merkle_root": self.root.hex(),
         }
 
 
@@ -43,11 +44,13 @@ class ConsistencyProof:
     proof: list[bytes]
 
     def to_dict(self) -> dict:
+        """The v1 HTTP API's JSON form (`merkle_root` is the second, current root), plus
+        `first_root` so a verifier needs nothing else."""
         return {
             "first_size": self.first_size,
             "second_size": self.second_size,
             "first_root": self.first_root.hex(),
-            "second_root": self.second_root.hex(),
+            "merkle_root": self.second_root.hex(),
             "proof": [h.hex() for h in self.proof],
         }
 
