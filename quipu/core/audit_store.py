@@ -171,6 +171,7 @@ class AuditStore:
             event.content.to_json(),
             targets,
             custom,
+            event.idempotency_key,
         )
         return row, records
 
@@ -185,6 +186,24 @@ class AuditStore:
         missing = [c.name for c in columns.values() if c.required and c.name not in event.custom]
         if missing:
             raise BadInput(f"custom: required column(s) {', '.join(missing)} are missing")
+
+    def check_columns(self, event: AuditEvent) -> None:
+        """Refuse an event whose custom values do not fit the defined columns, before it is
+        queued (an unknown type is not checked here: a writer may define it later)."""
+        self._check_custom(event)
+
+    def recent_idempotency_keys(self, window: int) -> list[tuple[str | None, str]]:
+        """(tenant, key) of the keyed rows among the last `window` retained rows, oldest
+        first: what a restarted shard rebuilds its duplicate window from."""
+        logs, keys = self._logs, []
+        for index in range(max(0, logs.tree_size - window), logs.tree_size):
+            try:
+                row = LogRow.decode(logs.read(index).payload)
+            except NotFound:
+                continue  # purged by retention
+            if row.idempotency_key is not None:
+                keys.append((row.tenant, row.idempotency_key))
+        return keys
 
     def flush(self, *, actor: str = EMBEDDED) -> None:
         self._audit(actor, "flush")

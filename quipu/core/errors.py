@@ -34,6 +34,22 @@ class StoreLocked(QuipuError):
         self.holder_pid = holder_pid
 
 
+class Unauthenticated(QuipuError):
+    """No valid credential (missing, unknown or expired token). Deliberately says no more."""
+
+
+class Forbidden(QuipuError):
+    """The caller is known but not granted this action (or this tenant)."""
+
+
+class Overloaded(QuipuError):
+    """A bounded resource is full (the write queue); retry after a backoff."""
+
+
+class TooManyQueries(QuipuError):
+    """This caller already runs its maximum of concurrent queries; retry when one ends."""
+
+
 class StorageFull(QuipuError):
     """The disk is full (ENOSPC); free space, then retry."""
 

@@ -27,6 +27,7 @@ MAX_OCCURRED_AT = 2**63  # exclusive: occurred_at is a signed 64-bit count of mi
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _METHOD = re.compile(r"[A-Za-z]{1,16}")
 _TENANT = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 _EVENT_KEYS = ("occurred_at", "actor_type", "actor", "method", "url", "content", "targets", "custom")
 _EVENT_REQUIRED = ("actor_type", "actor", "method", "url", "content")
 
@@ -52,6 +53,13 @@ def validate_tenant(name: object, where: str = "tenant") -> str:
             "A-Z a-z 0-9 _ . : - (not '.' or '..')"
         )
     return name
+
+
+def validate_idempotency_key(key: object, where: str = "Idempotency-Key") -> str:
+    """1-128 visible ASCII characters (v1's rule); a UUIDv4 is the usual choice."""
+    if not isinstance(key, str) or not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise BadInput(f"{where}: expected 1-128 visible ASCII characters (a UUIDv4 is recommended)")
+    return key
 
 
 def validate_method(method: object, where: str = "method") -> str:
@@ -175,6 +183,9 @@ class AuditEvent:
     custom: Mapping[str, Value] = field(default_factory=dict)
     occurred_at: int | None = None
     tenant: str | None = None
+    # Recorded in the row, so the shard rebuilds its duplicate window from disk after a
+    # restart; like the tenant it travels beside the body (a header), never inside it.
+    idempotency_key: str | None = None
 
     def __post_init__(self) -> None:
         validate_type_name(self.actor_type, "actor_type")
@@ -194,6 +205,8 @@ class AuditEvent:
             validate_micros(self.occurred_at)
         if self.tenant is not None:
             validate_tenant(self.tenant)
+        if self.idempotency_key is not None:
+            validate_idempotency_key(self.idempotency_key)
 
     @classmethod
     def from_json(cls, obj: object, tenant: str | None = None) -> "AuditEvent":

@@ -40,10 +40,10 @@ class LogRow:
     content: dict  # tagged Content JSON
     targets: tuple[EntityRef, ...]
     custom: dict  # column name -> tagged Value JSON
+    idempotency_key: str | None = None  # stored only when set, so keyless rows stay as before
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
+        body = {
                 "v": ROW_VERSION,
                 "id": self.log_id,
                 "at": self.occurred_at,
@@ -54,9 +54,10 @@ class LogRow:
                 "c": self.content,
                 "t": [t.to_list() for t in self.targets],
                 "x": self.custom,
-            },
-            option=orjson.OPT_SORT_KEYS,
-        )
+            }
+        if self.idempotency_key is not None:
+            body["k"] = self.idempotency_key
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
     @classmethod
     def decode(cls, raw: bytes) -> "LogRow":
@@ -74,6 +75,7 @@ class LogRow:
                 obj["c"],
                 tuple(EntityRef(*t) for t in obj["t"]),
                 obj["x"],
+                obj.get("k"),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError) as err:
             raise CorruptStore(f"a log row is not readable: {err}") from err
