@@ -100,6 +100,16 @@ class AuditStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def tree_size(self) -> int:
+        """Rows appended to `logs` so far (buffered ones included): after a failed batch
+        the difference tells a writer how many of its events are in."""
+        return self._logs.tree_size
+
+    @property
+    def root(self) -> Path:
+        return self._ledger.root
+
     # --- definitions ----------------------------------------------------------------
 
     def define_type(self, schema: TypeSchema, *, actor: str = EMBEDDED) -> None:
