@@ -217,3 +217,29 @@ def print_profile(profiler: cProfile.Profile, top: int) -> pstats.Stats:
     stats = pstats.Stats(profiler)
     stats.sort_stats("tottime").print_stats(top)
     return stats
+
+
+def print_profile_stats(stats: pstats.Stats, top: int) -> None:
+    """The `top` functions by cumulative time, then by self time: the first shows which call
+    paths hold the time, the second where it is actually spent."""
+    for key, label in (("cumulative", "cumulative"), ("tottime", "self")):
+        print(f"--- top {top} by {label} time ---")
+        stats.sort_stats(key).print_stats(top)
+
+
+# --- CPU ------------------------------------------------------------------------------------
+
+
+def cpu_seconds(proc: psutil.Process | None = None) -> float:
+    """User + system CPU seconds of a process (this one by default), all its threads,
+    children excluded: on a small machine a load generator shares the CPU with what it
+    measures, so each side's CPU is worth reporting beside the wall-clock rate."""
+    times = (proc or psutil.Process()).cpu_times()
+    return times.user + times.system
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes on the machine have used (every core, idle and iowait
+    excluded): what remains after subtracting the measured processes is someone else's load."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)

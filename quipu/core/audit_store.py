@@ -32,8 +32,8 @@ from quipu.core.query import LogSearch, Page
 from quipu.core.query_spec import AccessQuery, LogQuery, query_shape
 from quipu.core.registry import Registry
 from quipu.core.retention import RetentionPolicy
-from quipu.core.row import EntityRef, LogRow, make_log_id, parse_log_id
-from quipu.core.schema import ColumnDef, TypeSchema
+from quipu.core.row import EntityRef, LogRow, canonical_log_id, make_log_id, parse_log_id
+from quipu.core.schema import ColumnDef, TypeSchema, default_actor_type, default_target_type
 from quipu.core.sync import SyncPolicy
 from quipu.core.table import TableConfig, now_micros
 
@@ -106,6 +106,10 @@ class AuditStore:
         the difference tells a writer how many of its events are in."""
         return self._logs.tree_size
 
+    def bytes_on_disk(self) -> int:
+        """Segment bytes of every table (what retention by size counts)."""
+        return sum(table.bytes_on_disk() for table in self._ledger.tables.values())
+
     @property
     def root(self) -> Path:
         return self._ledger.root
@@ -119,6 +123,15 @@ class AuditStore:
             record = self._registry.define_type(schema)
             if record is not None:
                 self._registry_table.append(record)
+
+    def define_default_types(self) -> None:
+        """`default_actor` and `default_target`, where no type of that name exists yet: what
+        a server offers out of the box. A redefined (extended) default is left as it is."""
+        with self._write:
+            defined = {schema.type_name for schema in self._registry.entity_types()}
+            for schema in (default_actor_type(), default_target_type()):
+                if schema.type_name not in defined:
+                    self._registry_table.append(self._registry.define_type(schema))
 
     def define_column(self, column: ColumnDef, *, actor: str = EMBEDDED) -> None:
         self._audit(actor, "define_column", {"name": column.name})
@@ -147,8 +160,12 @@ class AuditStore:
             registry_records = [r for _, records in prepared for r in records]
             if registry_records:
                 self._registry_table.append_many(registry_records, now)
-            self._logs.append_stamped((row.occurred_at, row.encode()) for row in rows)
-            self._indexes.add_rows(leaf, rows)
+            try:
+                self._logs.append_stamped((row.occurred_at, row.encode()) for row in rows)
+            finally:
+                # On a full disk the rows that got an index stay buffered and will be
+                # written: they must be searchable like any other row.
+                self._indexes.add_rows(leaf, rows[: self._logs.tree_size - leaf])
             return [row.log_id for row in rows]
 
     def _row(self, event: AuditEvent, now: int, leaf: int) -> tuple[LogRow, list[bytes]]:
@@ -197,10 +214,14 @@ class AuditStore:
         if missing:
             raise BadInput(f"custom: required column(s) {', '.join(missing)} are missing")
 
-    def check_columns(self, event: AuditEvent) -> None:
-        """Refuse an event whose custom values do not fit the defined columns, before it is
-        queued (an unknown type is not checked here: a writer may define it later)."""
+    def check_event(self, event: AuditEvent) -> None:
+        """Refuse an event that cannot fit the schema as defined now, before it is queued:
+        custom values against the columns, entity fields against their defined types. An
+        undefined type is not refused here: it may be defined before the writer gets to it."""
         self._check_custom(event)
+        self._registry.check_fields(event.actor_type, event.actor.fields, "actor.fields")
+        for i, target in enumerate(event.targets):
+            self._registry.check_fields(target.entity_type, target.input.fields, f"targets[{i}].input.fields")
 
     def recent_idempotency_keys(self, window: int) -> list[tuple[str | None, str]]:
         """(tenant, key) of the keyed rows among the last `window` retained rows, oldest
@@ -283,7 +304,7 @@ class AuditStore:
             row = LogRow.decode(self._logs.read(leaf).payload)
         except NotFound:
             raise NotFound(f"log {log_id} is not retained (purged by retention)") from None
-        if row.log_id != log_id.lower():
+        if row.log_id != canonical_log_id(log_id):
             raise NotFound(f"log {log_id} is not in this store")
         return {"log_id": row.log_id, **self._logs.prove_inclusion(leaf).to_dict()}
 

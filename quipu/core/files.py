@@ -13,12 +13,16 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def write_all(fd: int, data: bytes | bytearray, offset: int) -> None:
-    """pwrite until every byte is written: a short write is not an error in POSIX."""
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
+    """pwrite until every byte is written: a short write is not an error in POSIX.
+
+    The view is released even when pwrite fails: a live view pins a bytearray's size, and
+    the error's traceback would keep it alive, so every later append to that buffer (the
+    segment's pending bytes after an ENOSPC) would fail with BufferError."""
+    with memoryview(data) as view:
+        done = 0
+        while done < len(view):
+            with view[done:] as rest:
+                done += os.pwrite(fd, rest, offset + done)
 
 
 def fsync_dir(path: Path) -> None:

@@ -140,6 +140,14 @@ class Registry:
     def entity_types(self) -> list[TypeSchema]:
         return [s.schema for s in self._types.values()]
 
+    def check_fields(self, type_name: str, fields: Mapping[str, Value], where: str) -> None:
+        """Refuse fields a defined type does not have or of another kind, before the event
+        is queued. An undefined type passes: it may be defined before the writer gets to
+        it (else the event parks in the dead-letter queue)."""
+        state = self._types.get(type_name)
+        if state is not None:
+            validate_entity_fields(state.schema, fields, where)
+
     def upsert(
         self,
         type_name: str,

@@ -6,6 +6,7 @@ of each target, which is what lets a hit render "as recorded" after later rename
 in docs/format.md ("Log rows").
 """
 
+import re
 from dataclasses import dataclass
 
 import orjson
@@ -13,6 +14,8 @@ import orjson
 from quipu.core.errors import BadInput, CorruptStore
 
 ROW_VERSION = 1
+_HEX_ID = re.compile(r"[0-9A-Fa-f]{32}")
+_DECIMAL_ID = re.compile(r"[0-9]{1,39}")  # 2**128 has 39 digits
 _INDEX_BITS = 40  # leaf positions up to ~10^12 per store
 _TAG_BYTES = 3
 
@@ -88,17 +91,23 @@ def make_log_id(occurred_at: int, store_id: bytes, leaf_index: int) -> str:
     return (occurred_at.to_bytes(8, "big") + store_id[:_TAG_BYTES] + leaf_index.to_bytes(5, "big")).hex()
 
 
+def canonical_log_id(log_id: str) -> str:
+    """The 32-lowercase-hex form of a log_id given as hex (any case) or as a decimal u128.
+
+    Only those two spellings: Python's int() would also take "0x", "_", signs, spaces and
+    non-ASCII digits, and a log id is an identifier, not a number literal."""
+    if _HEX_ID.fullmatch(log_id):
+        return log_id.lower()
+    if _DECIMAL_ID.fullmatch(log_id) and int(log_id) < 1 << 128:
+        return int(log_id).to_bytes(16, "big").hex()
+    raise BadInput("log_id must be 32 hex characters (or a decimal u128)")
+
+
 def parse_log_id(log_id: str, store_id: bytes) -> int:
-    """The leaf index a log_id names in this store (hex or decimal u128, as in v1).
+    """The leaf index a log_id names in this store, or -1 when it names another store.
 
     BadInput when it is malformed; NotFound is the caller's call once the row is read."""
-    try:
-        raw = int(log_id, 10) if log_id.isdigit() and len(log_id) != 32 else int(log_id, 16)
-    except ValueError:
-        raise BadInput("log_id must be 32 hex characters (or a decimal u128)") from None
-    if not 0 <= raw < 1 << 128:
-        raise BadInput("log_id must be 32 hex characters (or a decimal u128)")
-    data = raw.to_bytes(16, "big")
+    data = bytes.fromhex(canonical_log_id(log_id))
     if data[8 : 8 + _TAG_BYTES] != store_id[:_TAG_BYTES]:
         return -1
     return int.from_bytes(data[8 + _TAG_BYTES :], "big")

@@ -5,12 +5,15 @@ seconds after the first unsynced append, whichever comes first: it keeps most of
 page-cache throughput while bounding how long a record waits for durability under low load.
 """
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from quipu.core.errors import BadInput
+from quipu.core.errors import BadInput, QuipuError
+
+log = logging.getLogger("quipu.core")
 
 SyncKind = Literal["always", "every_n", "every_n_or_interval", "os_managed"]
 
@@ -102,4 +105,8 @@ class IntervalSync:
             self._armed.clear()
             if self._stopped.wait(self._interval):
                 return
-            self._sync_pending()
+            try:
+                self._sync_pending()
+            except QuipuError as err:  # e.g. disk full: the records stay buffered and the
+                # next flush() or armed round retries; the timer must outlive the error
+                log.warning("group commit failed, will retry on the next append: %s", err)

@@ -1,0 +1,1 @@
+"""Command-line entry points (`quipu`, and `quipu-cluster` with issue 5)."""
