@@ -30,9 +30,10 @@ seconds of the shard process (psutil, split into its event-loop thread and the r
 writer, the group-commit timer, the thread pool) and of this process, and the shard's
 events per CPU-second: what the HTTP path costs whatever the client costs.
 
---profile runs single x8 and batch x1 once unprofiled, then once more with the shard under
-cProfile (one profiler per thread, each on its thread's CPU-time clock) and prints the top
-functions by cumulative and by self time for each busy thread.
+--profile runs the embedded case with the cyclic GC's CPU time counted, then single x8 and
+batch x1 three times each: as `quipu shard serve`; with the GC's time counted in the shard;
+with the shard under cProfile (one profiler per thread, each on its thread's CPU-time
+clock). It prints the top functions by cumulative and by self time for each busy thread.
 """
 
 import argparse
@@ -53,6 +54,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import aiohttp
 import benchkit as bk
@@ -78,7 +80,7 @@ from quipu.core.schema import FieldDef, TypeSchema
 # tests/shard_proc.py is the one place that knows how to write a shard's keys and config and
 # start `quipu shard serve`; the tests dir is not a package, so it goes on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from shard_proc import READY_PREFIX, START_TIMEOUT, ShardProcess
+from shard_proc import READY_PREFIX, START_TIMEOUT, ShardProcess, define_types
 
 SYNC_POLICY = f"every_n_or_interval:{GROUP_COMMIT[0]}:{GROUP_COMMIT[1]:g}"  # = open_store's
 SINGLE_CLIENTS = (1, 8, 64)
@@ -93,6 +95,8 @@ TARGET_CLIENTS = 8
 TARGET_SINGLE_RATE = 5000.0  # single-event ev/s at 8 clients
 TARGET_SINGLE_P99_MS = 20.0
 
+INSTRUMENT_DIR = "instrument"  # in an instrumented shard's base dir: gc.json, *.prof
+GC_FILE = "gc.json"
 PROFILE_MIN_SHARE = 0.05  # threads with less of the profiled CPU get a summary line only
 
 
@@ -209,36 +213,38 @@ class CpuSnapshot:
 # --- the shard -----------------------------------------------------------------------
 
 
-def start_shard(root: Path, profiled: bool = False) -> ShardProcess:
+def start_shard(root: Path, shard_cls: type[ShardProcess] = ShardProcess) -> ShardProcess:
     root.mkdir(parents=True, exist_ok=True)
-    cls = ProfiledShard if profiled else ShardProcess
     # Retention off: the events are dated 2024 and must not age out mid-run.
     store = {"root": str(root / "store"), "sync_policy": SYNC_POLICY, "retention_days": None}
-    shard = cls.start(root, store=store, limits={"max_body_bytes": MAX_BODY_BYTES})
-    for schema in type_schemas():
-        status, body = shard.json("POST", "/v1/types", schema.to_json())
-        if status != 204:
-            shard.stop()
-            raise RuntimeError(f"POST /v1/types {schema.type_name} answered {status}: {body}")
+    shard = shard_cls.start(root, store=store, limits={"max_body_bytes": MAX_BODY_BYTES})
+    try:
+        define_types(shard, *(schema.to_json() for schema in type_schemas()))
+    except BaseException:
+        shard.stop()
+        raise
     return shard
 
 
-class ProfiledShard(ShardProcess):
-    """A shard run by this script's --serve-profiled mode instead of `quipu shard serve`.
+class InstrumentedShard(ShardProcess):
+    """A shard run by this script's --serve-instrumented mode instead of `quipu shard serve`:
+    the same serve call, with the cyclic GC's time counted and (cprofile) a profiler per thread.
 
     `python -m cProfile -m quipu.cli.main ...` would profile the event-loop thread only (on
     Python 3.11 a profiler hooks one thread), and the writer thread is half the write path.
     ShardProcess.launch fixes its command line, hence this override of it."""
 
+    cprofile: ClassVar[bool] = True
+
     @property
-    def profile_dir(self) -> Path:
-        return self.base / "profile"
+    def out_dir(self) -> Path:
+        return self.base / INSTRUMENT_DIR
 
     def launch(self) -> None:
-        self.profile_dir.mkdir(exist_ok=True)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-profiled", str(self.profile_dir)]
+        self.out_dir.mkdir(exist_ok=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-instrumented", str(self.out_dir)]
         self.proc = subprocess.Popen(
-            [*cmd, str(self.config_path)],
+            [*cmd, str(self.config_path), *(["--cprofile"] if self.cprofile else [])],
             stdout=subprocess.PIPE,
             stderr=open(self.base / "shard.log", "ab"),  # noqa: SIM115 - the child owns it
             text=True,
@@ -252,15 +258,29 @@ class ProfiledShard(ShardProcess):
             if not line and self.proc.poll() is not None:
                 break
         self.stop()
-        raise RuntimeError(f"profiled shard did not start; log:\n{self.log()}")
+        raise RuntimeError(f"instrumented shard did not start; log:\n{self.log()}")
 
 
-def serve_profiled(profile_dir: Path, config: Path) -> int:
-    """Child mode: `quipu shard serve CONFIG` with one cProfile per thread; on SIGTERM the
-    shard stops cleanly and each thread's stats land in profile_dir/<n>-<thread name>.prof.
+def read_gc_clock(out_dir: Path) -> bk.GcClock:
+    """What an instrumented shard's GcClock counted, once it has stopped."""
+    clock = bk.GcClock()
+    clock.runs, clock.seconds = orjson.loads((out_dir / GC_FILE).read_bytes())
+    return clock
 
-    The clock is each thread's CPU time: with the GIL, a wall clock would charge a thread's
-    waits for the other threads to whatever function it happened to be in."""
+
+class GcCountedShard(InstrumentedShard):
+    """Only the GC clock, no profiler: the shard at full speed."""
+
+    cprofile = False
+
+
+def serve_instrumented(out_dir: Path, config: Path, cprofile: bool) -> int:
+    """Child mode: `quipu shard serve CONFIG` with a GcClock and, with cprofile, one profiler
+    per thread. On SIGTERM the shard stops cleanly; then the GC figures land in out_dir/gc.json
+    and each thread's stats in out_dir/<n>-<thread name>.prof.
+
+    The profilers' clock is each thread's CPU time: with the GIL, a wall clock would charge a
+    thread's waits for the other threads to whatever function it happened to be in."""
     from quipu.cli import main as cli
     from quipu.shard import serve  # noqa: F401 - imported before profiling: serving, not importing
 
@@ -276,23 +296,26 @@ def serve_profiled(profile_dir: Path, config: Path) -> int:
         profiles.append((threading.current_thread().name, profile))
         profile.enable()
 
-    main_profile = new_profile()
-    threading.setprofile(profile_this_thread)
-    main_profile.enable()
-    try:
-        code = cli.main(["shard", "serve", str(config)])
-    finally:
-        main_profile.disable()
-        threading.setprofile(None)  # type: ignore[arg-type]
-        for n, (name, profile) in enumerate([("MainThread", main_profile), *profiles]):
-            # snapshot_stats, not create_stats: disabling from here would act on this thread,
-            # and a daemon thread may still be running.
-            profile.snapshot_stats()
-            if profile.stats:  # type: ignore[attr-defined]
-                safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-                with open(profile_dir / f"{n:03d}-{safe}.prof", "wb") as out:
-                    marshal.dump(profile.stats, out)  # type: ignore[attr-defined]
-    return code
+    if cprofile:
+        profiles.append(("MainThread", new_profile()))
+        threading.setprofile(profile_this_thread)
+        profiles[0][1].enable()
+    with bk.GcClock() as clock:
+        try:
+            return cli.main(["shard", "serve", str(config)])
+        finally:
+            if cprofile:
+                profiles[0][1].disable()
+                threading.setprofile(None)  # type: ignore[arg-type]
+            (out_dir / GC_FILE).write_bytes(orjson.dumps([clock.runs, clock.seconds]))
+            for n, (name, profile) in enumerate(profiles):
+                # snapshot_stats, not create_stats: disabling from here would act on this
+                # thread, and a daemon thread may still be running.
+                profile.snapshot_stats()
+                if profile.stats:  # type: ignore[attr-defined]
+                    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+                    with open(out_dir / f"{n:03d}-{safe}.prof", "wb") as out:
+                        marshal.dump(profile.stats, out)  # type: ignore[attr-defined]
 
 
 # --- HTTP clients --------------------------------------------------------------------
@@ -396,9 +419,11 @@ async def drive(
     return run
 
 
-def single_case(clients: int, inputs: Inputs, budget: float, profiled: bool = False) -> Callable[[Path], Run]:
+def single_case(
+    clients: int, inputs: Inputs, budget: float, shard_cls: type[ShardProcess] = ShardProcess
+) -> Callable[[Path], Run]:
     def case(root: Path) -> Run:
-        shard = start_shard(root, profiled)
+        shard = start_shard(root, shard_cls)
         try:
             headers = bearer(shard, "service")
             run = Run(f"single x{clients}", planned=len(inputs.single_bodies))
@@ -414,9 +439,11 @@ def single_case(clients: int, inputs: Inputs, budget: float, profiled: bool = Fa
     return case
 
 
-def batch_case(senders: int, inputs: Inputs, budget: float, profiled: bool = False) -> Callable[[Path], Run]:
+def batch_case(
+    senders: int, inputs: Inputs, budget: float, shard_cls: type[ShardProcess] = ShardProcess
+) -> Callable[[Path], Run]:
     def case(root: Path) -> Run:
-        shard = start_shard(root, profiled)
+        shard = start_shard(root, shard_cls)
         try:
             headers = bearer(shard, "service")
             run = Run(f"batch x{senders}", planned=len(inputs.events))
@@ -519,21 +546,41 @@ def print_shard_profile(profile_dir: Path, label: str, top: int) -> None:
         bk.print_profile_stats(st.strip_dirs(), top)
 
 
-def run_profile(tmp: Path, inputs: Inputs, args: argparse.Namespace) -> None:
+def run_profile(tmp: Path, inputs: Inputs, keys: KeyRing, args: argparse.Namespace) -> None:
+    with bk.GcClock() as clock:
+        emb = embedded_case(inputs, keys, args.budget)(tmp / "embedded")
+    print(
+        f"\n=== embedded, in this process: {emb.events:,} events at {fmt_rate(emb.rate)} ev/s "
+        f"(append_many + flush; {fmt_rate(emb.wall_rate)} ev/s with AuditEvent.from_json), "
+        f"{fmt_rate(bk.per_second(emb.events, emb.bench_cpu))} ev/CPU-s ==="
+    )
+    print(f"  cyclic GC {gc_share(clock, emb.bench_cpu)}")
     phases = (
-        (f"single x{TARGET_CLIENTS}", lambda p: single_case(TARGET_CLIENTS, inputs, args.budget, p)),
-        ("batch x1", lambda p: batch_case(1, inputs, args.budget, p)),
+        (f"single x{TARGET_CLIENTS}", lambda cls: single_case(TARGET_CLIENTS, inputs, args.budget, cls)),
+        ("batch x1", lambda cls: batch_case(1, inputs, args.budget, cls)),
     )
     for n, (label, make) in enumerate(phases):
-        plain = make(False)(tmp / f"plain-{n}")
-        profiled = make(True)(tmp / f"profiled-{n}")
-        print(
-            f"\n=== {label}: unprofiled {plain.events:,} events at {fmt_rate(plain.rate)} ev/s "
-            f"(shard {fmt_rate(plain.shard_rate_per_cpu)} ev/CPU-s, event-loop thread "
-            f"{busy(plain)} busy); under the profiler {fmt_rate(profiled.rate)} ev/s "
-            f"({fmt_rate(profiled.shard_rate_per_cpu)} ev/CPU-s) ==="
-        )
-        print_shard_profile(tmp / f"profiled-{n}" / "profile", label, args.profile_top)
+        plain = make(ShardProcess)(tmp / f"plain-{n}")
+        counted = make(GcCountedShard)(tmp / f"gc-{n}")
+        profiled = make(InstrumentedShard)(tmp / f"profiled-{n}")
+        print(f"\n=== {label} ===")
+        for what, r in (
+            ("quipu shard serve", plain),
+            ("with a GC clock", counted),
+            ("under cProfile", profiled),
+        ):
+            print(
+                f"  {what:17} {r.events:>7,} events at {fmt_rate(r.rate):>6} ev/s, shard "
+                f"{fmt_rate(r.shard_rate_per_cpu):>6} ev/CPU-s (event-loop thread {busy(r)} busy, "
+                f"other threads {num(r.shard_cpu - r.shard_loop_cpu, '.2f')} CPU s of {r.shard_cpu:.2f})"
+            )
+        gc_clock = read_gc_clock(tmp / f"gc-{n}" / INSTRUMENT_DIR)
+        print(f"  cyclic GC in the shard (GC-clock run): {gc_share(gc_clock, counted.shard_cpu)}")
+        print_shard_profile(tmp / f"profiled-{n}" / INSTRUMENT_DIR, label, args.profile_top)
+
+
+def gc_share(clock: bk.GcClock, cpu: float) -> str:
+    return f"{clock.total:.2f} of {cpu:.2f} CPU s ({ratio(clock.total, cpu) * 100:.0f}%): {clock.summary()}"
 
 
 # --- report --------------------------------------------------------------------------
@@ -682,7 +729,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="smoke run: few events, one round")
     ap.add_argument("--profile", action="store_true", help="only profile the shard (single x8, batch x1)")
     ap.add_argument("--profile-top", type=int, default=25)
-    ap.add_argument("--serve-profiled", nargs=2, metavar=("DIR", "CONFIG"), help=argparse.SUPPRESS)
+    # The child side of InstrumentedShard: serve CONFIG, write GC figures (and profiles) to DIR.
+    ap.add_argument("--serve-instrumented", nargs=2, metavar=("DIR", "CONFIG"), help=argparse.SUPPRESS)
+    ap.add_argument("--cprofile", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
         args.events, args.repeat, args.budget = 4_000, 1, 3.0
@@ -698,9 +747,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.serve_profiled:
-        profile_dir, config = args.serve_profiled
-        return serve_profiled(Path(profile_dir), Path(config))
+    if args.serve_instrumented:
+        out_dir, config = args.serve_instrumented
+        return serve_instrumented(Path(out_dir), Path(config), args.cprofile)
     wall = perf()
     bk.machine_info(
         [
@@ -740,7 +789,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with bk.bench_tmpdir("quipu-bench-shard-") as tmp:
         if args.profile:
-            run_profile(tmp, inputs, args)
+            run_profile(tmp, inputs, keys, args)
             print(f"\nTotal wall time {perf() - wall:.1f} s")
             return 0
         cases = [

@@ -10,6 +10,7 @@ so they import this module as plain `benchkit`.
 
 import argparse
 import cProfile
+import gc
 import os
 import platform
 import pstats
@@ -243,3 +244,38 @@ def machine_busy_seconds() -> float:
     excluded): what remains after subtracting the measured processes is someone else's load."""
     t = psutil.cpu_times()
     return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+class GcClock:
+    """CPU seconds the cyclic GC spends, by generation, while installed in gc.callbacks. Each
+    collection is charged by the CPU clock of the thread that triggered it. cProfile cannot
+    show this: it charges a collection to whatever function happened to allocate."""
+
+    def __init__(self) -> None:
+        self.runs = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.thread_time()  # collections do not nest: one start suffices
+        else:
+            self.runs[info["generation"]] += 1
+            self.seconds[info["generation"]] += time.thread_time() - self._started
+
+    def __enter__(self) -> "GcClock":
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds)
+
+    def summary(self) -> str:
+        return ", ".join(
+            f"gen{g} {n:,} x {t / n * 1000:.2f} ms = {t:.2f} s" if n else f"gen{g} none"
+            for g, (n, t) in enumerate(zip(self.runs, self.seconds, strict=True))
+        )

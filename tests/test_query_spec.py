@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quipu.core.errors import BadInput
+from quipu.core.event import MAX_OCCURRED_AT
 from quipu.core.query_spec import AccessQuery, LogQuery, TargetFilter, query_shape
 from quipu.core.values import Value
 
@@ -282,7 +283,7 @@ values = st.one_of(
 )
 modes = st.sampled_from(["exact", "exact_ci", "prefix", "contains"])
 filters = st.builds(TargetFilter, type_names, field_names, values, modes, st.none() | st.booleans())
-micros = st.none() | st.integers(0, 2**63 - 1)
+micros = st.none() | st.integers(0, MAX_OCCURRED_AT - 1)
 
 
 @st.composite

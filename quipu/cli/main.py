@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quipu: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"quipu: {err.strerror or err}", file=sys.stderr)
+        where = f": {err.filename}" if err.filename else ""
+        print(f"quipu: {err.strerror or err}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

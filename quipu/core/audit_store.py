@@ -17,7 +17,7 @@ import os
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from quipu.core.access import AccessLog, AccessPage
@@ -38,6 +38,7 @@ from quipu.core.sync import SyncPolicy
 from quipu.core.table import TableConfig, now_micros
 
 LOGS, REGISTRY, ACCESS = "logs", "registry", "access"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EMBEDDED = "embedded"  # the actor recorded when the caller names none
 
 
@@ -353,4 +354,6 @@ def _deletion(method: str) -> bool | None:
 
 
 def rfc3339(micros: int) -> str:
-    return datetime.fromtimestamp(micros / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
+    """Exact to the microsecond (integer arithmetic: a float of the seconds rounds the last
+    microsecond of year 9999 into year 10000)."""
+    return (_EPOCH + timedelta(microseconds=micros)).isoformat().replace("+00:00", "Z")

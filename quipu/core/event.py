@@ -23,7 +23,9 @@ MAX_ENTITY_ID = 256
 MAX_URL = 8192
 MAX_TARGETS = 64
 MAX_CUSTOM = 256
-MAX_OCCURRED_AT = 2**63  # exclusive: occurred_at is a signed 64-bit count of micros
+# Exclusive: the first microsecond of year 10000. A time is rendered as RFC 3339, which
+# has four-digit years, so a later one could be recorded but never read back.
+MAX_OCCURRED_AT = 253_402_300_800_000_000
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _METHOD = re.compile(r"[A-Za-z]{1,16}")
 _TENANT = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -82,7 +84,7 @@ def validate_micros(micros: object, where: str = "occurred_at") -> int:
     if isinstance(micros, bool) or not isinstance(micros, int):
         raise BadInput(f"{where}: expected an integer count of UTC microseconds")
     if not 0 <= micros < MAX_OCCURRED_AT:
-        raise BadInput(f"{where}: must be between 0 and 2**63-1 UTC microseconds")
+        raise BadInput(f"{where}: must be between 0 (1970) and the end of year 9999 in UTC microseconds")
     return micros
 
 
@@ -209,8 +211,11 @@ class AuditEvent:
             validate_idempotency_key(self.idempotency_key)
 
     @classmethod
-    def from_json(cls, obj: object, tenant: str | None = None) -> "AuditEvent":
-        """Read an AppendRequest body; the tenant comes from the caller, never the body."""
+    def from_json(
+        cls, obj: object, tenant: str | None = None, idempotency_key: str | None = None
+    ) -> "AuditEvent":
+        """Read an AppendRequest body; the tenant and the key come from the caller (an auth
+        layer, a header), never from the body."""
         body = expect_object(obj, "", _EVENT_KEYS, _EVENT_REQUIRED)
         occurred_at = body.get("occurred_at")
         return cls(
@@ -223,6 +228,7 @@ class AuditEvent:
             custom=read_value_map(body.get("custom", {}), "custom", MAX_CUSTOM),
             occurred_at=None if occurred_at is None else validate_micros(occurred_at),
             tenant=None if tenant is None else validate_tenant(tenant),
+            idempotency_key=idempotency_key,
         )
 
     def to_json(self) -> dict[str, Any]:

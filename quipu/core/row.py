@@ -47,17 +47,17 @@ class LogRow:
 
     def encode(self) -> bytes:
         body = {
-                "v": ROW_VERSION,
-                "id": self.log_id,
-                "at": self.occurred_at,
-                "tn": self.tenant,
-                "a": self.actor.to_list(),
-                "m": self.method,
-                "u": self.url,
-                "c": self.content,
-                "t": [t.to_list() for t in self.targets],
-                "x": self.custom,
-            }
+            "v": ROW_VERSION,
+            "id": self.log_id,
+            "at": self.occurred_at,
+            "tn": self.tenant,
+            "a": self.actor.to_list(),
+            "m": self.method,
+            "u": self.url,
+            "c": self.content,
+            "t": [t.to_list() for t in self.targets],
+            "x": self.custom,
+        }
         if self.idempotency_key is not None:
             body["k"] = self.idempotency_key
         return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)

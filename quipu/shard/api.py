@@ -10,6 +10,7 @@ token rather than risk showing another tenant's entities.
 import asyncio
 import dataclasses
 import functools
+import re
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -38,6 +39,7 @@ NEXT_CURSOR_HEADER = "X-Quipu-Next-Cursor"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 BATCH_KEY_FIELD = "idempotency_key"
 MAX_BATCH_EVENTS = 10_000
+_DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit() also takes "²"
 EXPORT_PAGE = 500
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -61,12 +63,11 @@ def _unbound_only(principal) -> None:
 
 @routes.post("/v1/logs")
 async def append_log(request: web.Request) -> web.Response:
-    handle, principal = _state(request).handle(request)
+    handle, principal = _state(request).handle(request, Action.EMIT)
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None:
         validate_idempotency_key(key, IDEMPOTENCY_HEADER)
-    event = AuditEvent.from_json(await read_json(request), request_tenant(request, principal))
-    event = dataclasses.replace(event, idempotency_key=key)
+    event = AuditEvent.from_json(await read_json(request), request_tenant(request, principal), key)
     return json_response({"status": handle.emit(event)}, 202)
 
 
@@ -74,7 +75,7 @@ async def append_log(request: web.Request) -> web.Response:
 async def append_batch(request: web.Request) -> web.Response:
     """A JSON array or NDJSON of AppendRequests, each optionally with `idempotency_key`.
     Every event gets its own outcome; one bad event does not refuse the others."""
-    handle, principal = _state(request).handle(request)
+    handle, principal = _state(request).handle(request, Action.EMIT)
     tenant = request_tenant(request, principal)
     items = _batch_items(await request.read())
     events: list[AuditEvent | None] = []
@@ -117,7 +118,7 @@ def _batch_event(item: object, tenant: str | None) -> AuditEvent:
     key = item.pop(BATCH_KEY_FIELD, None)
     if key is not None:
         validate_idempotency_key(key, BATCH_KEY_FIELD)
-    return dataclasses.replace(AuditEvent.from_json(item, tenant), idempotency_key=key)
+    return AuditEvent.from_json(item, tenant, key)
 
 
 def _batch_outcome(result: dict, outcome: str | QuipuError) -> None:
@@ -145,7 +146,7 @@ def _read_tenant(request: web.Request, principal) -> str | None:
 @routes.post("/v1/logs/query")
 async def query_logs(request: web.Request) -> web.Response:
     state = _state(request)
-    handle, principal = state.handle(request)
+    handle, principal = state.handle(request, Action.QUERY)
     q = _read_query(await read_json(request), _read_tenant(request, principal))
     with state.limiter.slot(principal.token_id):
         page = await _off_loop(lambda: handle.query(q))
@@ -156,7 +157,7 @@ async def query_logs(request: web.Request) -> web.Response:
 @routes.post("/v1/logs/count")
 async def count_logs(request: web.Request) -> web.Response:
     state = _state(request)
-    handle, principal = state.handle(request)
+    handle, principal = state.handle(request, Action.QUERY)
     q = _read_query(await read_json(request), _read_tenant(request, principal))
     with state.limiter.slot(principal.token_id):
         count = await _off_loop(lambda: handle.count(q))
@@ -168,7 +169,7 @@ async def export_logs(request: web.Request) -> web.StreamResponse:
     """NDJSON, one LogView per line, fetched a page at a time: memory stays flat however
     many rows match. `limit` caps the total; without it everything matching is exported."""
     state = _state(request)
-    handle, principal = state.handle(request)
+    handle, principal = state.handle(request, Action.QUERY)
     body = await read_json(request)
     q = _read_query(body, _read_tenant(request, principal))
     total = q.limit if isinstance(body, dict) and "limit" in body else None
@@ -199,7 +200,7 @@ async def list_types(request: web.Request) -> web.Response:
 
 @routes.post("/v1/types")
 async def define_type(request: web.Request) -> web.Response:
-    handle, _ = _state(request).handle(request)
+    handle, _ = _state(request).handle(request, Action.ADMINISTER)
     schema = TypeSchema.from_json(await read_json(request))
     await _off_loop(lambda: handle.define_type(schema))
     return web.Response(status=204)
@@ -207,7 +208,7 @@ async def define_type(request: web.Request) -> web.Response:
 
 @routes.post("/v1/columns")
 async def define_column(request: web.Request) -> web.Response:
-    handle, _ = _state(request).handle(request)
+    handle, _ = _state(request).handle(request, Action.ADMINISTER)
     column = ColumnDef.from_json(await read_json(request))
     await _off_loop(lambda: handle.define_column(column))
     return web.Response(status=204)
@@ -215,16 +216,16 @@ async def define_column(request: web.Request) -> web.Response:
 
 @routes.get("/v1/entities/{type_name}")
 async def list_entities(request: web.Request) -> web.Response:
-    handle, principal = _state(request).handle(request)
+    handle, principal = _state(request).handle(request, Action.QUERY)
     _unbound_only(principal)
     type_name = validate_type_name(request.match_info["type_name"], "type_name")
     include_deleted = _bool_param(request.query.get("include_deleted", "false"), "include_deleted")
     return json_response(await _off_loop(lambda: handle.list_entities(type_name, include_deleted)))
 
 
-@routes.get("/v1/entities/{type_name}/{entity_id}/history")
+@routes.get("/v1/entities/{type_name}/{entity_id:[^/]+}/history")  # ids may hold { and }
 async def entity_history(request: web.Request) -> web.Response:
-    handle, principal = _state(request).handle(request)
+    handle, principal = _state(request).handle(request, Action.QUERY)
     _unbound_only(principal)
     type_name = validate_type_name(request.match_info["type_name"], "type_name")
     entity_id = request.match_info["entity_id"]
@@ -239,7 +240,7 @@ def _bool_param(value: str, name: str) -> bool:
 
 def _int_param(value: str | None, name: str) -> int:
     text = check_query_param(value, name)
-    if not text.isdigit() or len(text) > 19:
+    if not _DIGITS.fullmatch(text):
         raise BadInput(f"{name}: expected a non-negative integer")
     return int(text)
 
@@ -249,7 +250,7 @@ def _int_param(value: str | None, name: str) -> int:
 
 @routes.get("/v1/proof/inclusion/{log_id}")
 async def prove_inclusion(request: web.Request) -> web.Response:
-    handle, principal = _state(request).handle(request)
+    handle, principal = _state(request).handle(request, Action.QUERY)
     _unbound_only(principal)
     log_id = request.match_info["log_id"]
     return json_response(await _off_loop(lambda: handle.prove_inclusion(log_id)))
@@ -257,7 +258,7 @@ async def prove_inclusion(request: web.Request) -> web.Response:
 
 @routes.get("/v1/proof/consistency")
 async def prove_consistency(request: web.Request) -> web.Response:
-    handle, principal = _state(request).handle(request)
+    handle, principal = _state(request).handle(request, Action.QUERY)
     _unbound_only(principal)
     first = _int_param(request.query.get("from"), "from")
     return json_response(await _off_loop(lambda: handle.prove_consistency(first)))
@@ -268,32 +269,32 @@ async def prove_consistency(request: web.Request) -> web.Response:
 
 @routes.post("/v1/admin/flush")
 async def admin_flush(request: web.Request) -> web.Response:
-    handle, _ = _state(request).handle(request)
+    handle, _ = _state(request).handle(request, Action.ADMINISTER)
     await _off_loop(handle.flush)
     return web.Response(status=204)
 
 
 @routes.post("/v1/admin/redrive")
 async def admin_redrive(request: web.Request) -> web.Response:
-    handle, _ = _state(request).handle(request)
+    handle, _ = _state(request).handle(request, Action.ADMINISTER)
     return json_response({"redriven": await _off_loop(handle.redrive)})
 
 
 @routes.post("/v1/admin/retention")
 async def admin_retention(request: web.Request) -> web.Response:
-    handle, _ = _state(request).handle(request)
+    handle, _ = _state(request).handle(request, Action.ADMINISTER)
     return json_response({"segments_dropped": await _off_loop(handle.run_retention)})
 
 
 @routes.get("/v1/admin/dlq")
 async def admin_dlq(request: web.Request) -> web.Response:
-    handle, _ = _state(request).handle(request)
+    handle, _ = _state(request).handle(request, Action.ADMINISTER)
     return json_response({"parked": handle.dlq_count()})
 
 
 @routes.post("/v1/admin/verify")
 async def admin_verify(request: web.Request) -> web.Response:
-    handle, _ = _state(request).handle(request)
+    handle, _ = _state(request).handle(request, Action.ADMINISTER)
     report = (await _off_loop(handle.verify)).to_dict()
     report["log_records"] = report.pop("records")
     return json_response(report)
@@ -302,7 +303,7 @@ async def admin_verify(request: web.Request) -> web.Response:
 @routes.post("/v1/access/query")
 async def query_access(request: web.Request) -> web.Response:
     state = _state(request)
-    handle, principal = state.handle(request)
+    handle, principal = state.handle(request, Action.ADMINISTER)
     q = AccessQuery.from_json(await read_json(request))
     with state.limiter.slot(principal.token_id):
         page = await _off_loop(lambda: handle.query_access(q))
@@ -314,8 +315,7 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format 0.0.4. Needs administer: queue and DLQ figures are operational
     detail an attacker could use."""
     state = _state(request)
-    principal = state.caller(request)
-    state.pipeline.policy.check(principal.role, Action.ADMINISTER)
+    state.handle(request, Action.ADMINISTER)
     text = render_prometheus(state.pipeline.metrics, state.gauges())
     return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 

@@ -85,7 +85,10 @@ def error_middleware() -> Callable:
         except web.HTTPException as err:
             if err.status < 400:
                 raise
-            return error_response(err.status, err.reason)
+            response = error_response(err.status, err.reason)
+            if "Allow" in err.headers:  # a 405 must say what is allowed (RFC 9110 §15.5.6)
+                response.headers["Allow"] = err.headers["Allow"]
+            return response
         except Exception:
             log.exception("%s %s failed", request.method, _route(request))
             return error_response(500, "internal error; the shard log has the details")

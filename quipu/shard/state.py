@@ -67,8 +67,12 @@ class ShardState:
             raise Unauthenticated("missing or invalid bearer token")
         return principal
 
-    def handle(self, request: web.Request) -> tuple[AuditHandle, Principal]:
+    def handle(self, request: web.Request, action: Action | None = None) -> tuple[AuditHandle, Principal]:
+        """The caller's handle. Naming the action checks the grant before the body is read:
+        a caller without it learns nothing from how its input would have been judged."""
         principal = self.caller(request)
+        if action is not None:
+            self.pipeline.policy.check(principal.role, action)
         return self.pipeline.handle(principal.role, actor=principal.token_id), principal
 
     def system_handle(self, actor: str) -> AuditHandle:

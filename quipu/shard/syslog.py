@@ -27,8 +27,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 
+from quipu.core.audit_store import rfc3339
 from quipu.core.event import AuditEvent
 
 PRI = "<110>"  # facility 13 (log audit) * 8 + severity 6 (informational), RFC 5424 §6.2.1
@@ -40,7 +40,6 @@ MAX_DATAGRAM = 2048  # RFC 5426 §3.2: receivers should take 2048 octets; larger
 MAX_HOSTNAME, MAX_APP_NAME, MAX_PROCID = 255, 48, 128  # RFC 5424 §6 ABNF
 _NOT_PRINTUSASCII = re.compile(r"[^\x21-\x7e]")
 _PARAM_SPECIAL = re.compile(r'(["\\\]])')
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The order in which over-long values are shortened: the url is the usual culprit and the
 # least needed to correlate with the store, which has it in full.
 _SHRINK_ORDER = ("url", "targets", "actor_id", "log_id")
@@ -59,9 +58,9 @@ def escape_param_value(value: str) -> str:
 
 
 def rfc3339_micros(micros: int) -> str:
-    """UTC micros as RFC 3339 with six fraction digits, or NILVALUE past year 9999."""
+    """UTC micros as RFC 3339 (the store's rendering), or NILVALUE past year 9999."""
     try:
-        return (_EPOCH + timedelta(microseconds=micros)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return rfc3339(micros)
     except OverflowError:
         return NILVALUE
 
