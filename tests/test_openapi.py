@@ -39,7 +39,7 @@ from quipu.core.event import (
 from quipu.core.query_spec import AccessQuery, LogQuery
 from quipu.core.row import parse_log_id
 from quipu.core.schema import ColumnDef, TypeSchema, validate_field_name, validate_type_name
-from quipu.shard.api import routes
+from quipu.shard.app import ROUTE_TABLES
 
 DOC_BYTES = resources.files("quipu.shard").joinpath("openapi.json").read_bytes()
 DOC = json.loads(DOC_BYTES)
@@ -74,7 +74,8 @@ def _served_routes() -> set[tuple[str, str]]:
     """(method, path template) of every route the shard's app registers: the API's route
     table plus the document itself, exactly as `make_app` adds them."""
     app = web.Application()
-    app.router.add_routes(routes)
+    for table in ROUTE_TABLES:
+        app.router.add_routes(table)
     app.router.add_get("/v1/openapi.json", _no_handler)
     return {(route.method, route.resource.canonical) for route in app.router.routes()}
 

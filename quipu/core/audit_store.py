@@ -107,6 +107,11 @@ class AuditStore:
         the difference tells a writer how many of its events are in."""
         return self._logs.tree_size
 
+    def head(self) -> tuple[int, bytes]:
+        """(tree size, Merkle root) of `logs`, one consistent pair: what an anchor signs."""
+        size = self._logs.tree_size  # read once: the tree only grows, so root(size) exists
+        return size, self._logs.root(size)
+
     def bytes_on_disk(self) -> int:
         """Segment bytes of every table (what retention by size counts)."""
         return sum(table.bytes_on_disk() for table in self._ledger.tables.values())
@@ -296,7 +301,9 @@ class AuditStore:
 
     # --- integrity ------------------------------------------------------------------
 
-    def prove_inclusion(self, log_id: str, *, actor: str = EMBEDDED) -> dict:
+    def prove_inclusion(self, log_id: str, *, tenant: str | None = None, actor: str = EMBEDDED) -> dict:
+        """The audit path of one row; with `tenant`, only of that tenant's rows (another
+        tenant's answers exactly as an unknown id does)."""
         self._audit(actor, "prove_inclusion")
         leaf = parse_log_id(log_id, self._ledger.store_id)
         if leaf < 0 or leaf >= self._logs.tree_size:
@@ -305,7 +312,7 @@ class AuditStore:
             row = LogRow.decode(self._logs.read(leaf).payload)
         except NotFound:
             raise NotFound(f"log {log_id} is not retained (purged by retention)") from None
-        if row.log_id != canonical_log_id(log_id):
+        if row.log_id != canonical_log_id(log_id) or (tenant is not None and row.tenant != tenant):
             raise NotFound(f"log {log_id} is not in this store")
         return {"log_id": row.log_id, **self._logs.prove_inclusion(leaf).to_dict()}
 

@@ -1,14 +1,19 @@
 """The few file-system primitives the engine's durability rests on."""
 
 import errno
+import logging
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Generic, TypeVar
 
-from quipu.core.errors import StorageFull
+from quipu.core.errors import QuipuError, StorageFull
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -55,3 +60,45 @@ def classify_disk_full(what: str) -> Iterator[None]:
         if err.errno in _FULL:
             raise StorageFull(f"disk full while {what}; free space, then flush() again") from err
         raise
+
+
+def file_stamp(path: Path) -> tuple[int, int, int]:
+    """(inode, mtime ns, size), or zeros when the file is gone: what changes when a file is
+    rewritten by rename or in place, for readers that re-load a file only after a change."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 0, 0, 0
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class ReloadedFile(Generic[T]):
+    """A value loaded from a file and loaded again when the file changes, checked at most
+    every `recheck` seconds: how a long-running process picks up a file that another
+    process rewrites (by rename), without a restart or a signal.
+
+    A file that cannot be loaded keeps the last good value, and the reason is logged once
+    per change of the file: a half-edited file never takes a running process down."""
+
+    def __init__(self, path: Path, load: Callable[[Path], T], recheck: float) -> None:
+        self.path, self._load, self._recheck = path, load, recheck
+        self._lock = threading.Lock()
+        self._stamp = file_stamp(path)
+        self._value = load(path)  # the first load's error is the caller's: it cannot start
+        self._checked = time.monotonic()
+
+    def current(self, fresh: bool = False) -> T:
+        """The newest value; `fresh` checks the file now instead of after `recheck`."""
+        now = time.monotonic()
+        if not fresh and now - self._checked < self._recheck:
+            return self._value
+        with self._lock:
+            self._checked = now
+            stamp = file_stamp(self.path)
+            if stamp != self._stamp:
+                self._stamp = stamp
+                try:
+                    self._value = self._load(self.path)
+                except (QuipuError, OSError) as err:
+                    log.error("%s: keeping what was loaded before: %s", self.path, err)
+            return self._value

@@ -34,6 +34,7 @@ class Page:
     next_cursor: str | None
     segments_scanned: int  # segments whose index was consulted (time range and early stop)
     rows_decoded: int  # rows read from disk: the matches rendered, plus url re-checks
+    snapshot: int = 0  # the tree size this page and its cursor are pinned to
 
     def to_dict(self) -> dict:
         return {
@@ -41,6 +42,7 @@ class Page:
             "next_cursor": self.next_cursor,
             "segments_scanned": self.segments_scanned,
             "rows_decoded": self.rows_decoded,
+            "snapshot": self.snapshot,
         }
 
 
@@ -102,10 +104,10 @@ class LogSearch:
                 continue
             if len(logs) == q.limit:
                 more = Cursor(q.order, last[0], last[1], snap, query_hash(q.to_json())).encode()
-                return Page(logs, more, scanned, decoded)
+                return Page(logs, more, scanned, decoded, snap)
             logs.append(self._render(row))
             last = hit
-        return Page(logs, None, scanned, decoded)
+        return Page(logs, None, scanned, decoded, snap)
 
     def count(self, q: LogQuery) -> int:
         plan = _Plan(q, self._key_groups(q), self._indexes.indexed, None)

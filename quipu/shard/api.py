@@ -36,6 +36,7 @@ from quipu.shard.state import (
 routes = web.RouteTableDef()
 T = TypeVar("T")
 NEXT_CURSOR_HEADER = "X-Quipu-Next-Cursor"
+SNAPSHOT_HEADER = "X-Quipu-Snapshot"  # the tree size a page is pinned to: a router merges by it
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 BATCH_KEY_FIELD = "idempotency_key"
 MAX_BATCH_EVENTS = 10_000
@@ -44,11 +45,11 @@ EXPORT_PAGE = 500
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _state(request: web.Request) -> ShardState:
+def shard_state(request: web.Request) -> ShardState:
     return request.app[SHARD]
 
 
-async def _off_loop(fn: Callable[[], T]) -> T:
+async def off_loop(fn: Callable[[], T]) -> T:
     """Run a store call on the default thread pool: scans and fsyncs must not stall the loop."""
     return await asyncio.get_running_loop().run_in_executor(None, fn)
 
@@ -63,7 +64,7 @@ def _unbound_only(principal) -> None:
 
 @routes.post("/v1/logs")
 async def append_log(request: web.Request) -> web.Response:
-    handle, principal = _state(request).handle(request, Action.EMIT)
+    handle, principal = shard_state(request).handle(request, Action.EMIT)
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None:
         validate_idempotency_key(key, IDEMPOTENCY_HEADER)
@@ -75,7 +76,7 @@ async def append_log(request: web.Request) -> web.Response:
 async def append_batch(request: web.Request) -> web.Response:
     """A JSON array or NDJSON of AppendRequests, each optionally with `idempotency_key`.
     Every event gets its own outcome; one bad event does not refuse the others."""
-    handle, principal = _state(request).handle(request, Action.EMIT)
+    handle, principal = shard_state(request).handle(request, Action.EMIT)
     tenant = request_tenant(request, principal)
     items = _batch_items(await request.read())
     events: list[AuditEvent | None] = []
@@ -145,22 +146,24 @@ def _read_tenant(request: web.Request, principal) -> str | None:
 
 @routes.post("/v1/logs/query")
 async def query_logs(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = shard_state(request)
     handle, principal = state.handle(request, Action.QUERY)
     q = _read_query(await read_json(request), _read_tenant(request, principal))
     with state.limiter.slot(principal.token_id):
-        page = await _off_loop(lambda: handle.query(q))
-    headers = {NEXT_CURSOR_HEADER: page.next_cursor} if page.next_cursor else None
+        page = await off_loop(lambda: handle.query(q))
+    headers = {SNAPSHOT_HEADER: str(page.snapshot)}
+    if page.next_cursor:
+        headers[NEXT_CURSOR_HEADER] = page.next_cursor
     return json_response(page.logs, headers=headers)
 
 
 @routes.post("/v1/logs/count")
 async def count_logs(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = shard_state(request)
     handle, principal = state.handle(request, Action.QUERY)
     q = _read_query(await read_json(request), _read_tenant(request, principal))
     with state.limiter.slot(principal.token_id):
-        count = await _off_loop(lambda: handle.count(q))
+        count = await off_loop(lambda: handle.count(q))
     return json_response({"count": count})
 
 
@@ -168,7 +171,7 @@ async def count_logs(request: web.Request) -> web.Response:
 async def export_logs(request: web.Request) -> web.StreamResponse:
     """NDJSON, one LogView per line, fetched a page at a time: memory stays flat however
     many rows match. `limit` caps the total; without it everything matching is exported."""
-    state = _state(request)
+    state = shard_state(request)
     handle, principal = state.handle(request, Action.QUERY)
     body = await read_json(request)
     q = _read_query(body, _read_tenant(request, principal))
@@ -176,7 +179,7 @@ async def export_logs(request: web.Request) -> web.StreamResponse:
     with state.limiter.slot(principal.token_id):
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         page_q = dataclasses.replace(q, limit=min(EXPORT_PAGE, total or MAX_LIMIT))
-        page = await _off_loop(functools.partial(handle.query, page_q))
+        page = await off_loop(functools.partial(handle.query, page_q))
         await response.prepare(request)
         sent = 0
         while True:
@@ -187,49 +190,49 @@ async def export_logs(request: web.Request) -> web.StreamResponse:
             if page.next_cursor is None or (total is not None and sent >= total):
                 break
             page_q = dataclasses.replace(page_q, cursor=page.next_cursor)
-            page = await _off_loop(functools.partial(handle.query, page_q))
+            page = await off_loop(functools.partial(handle.query, page_q))
         await response.write_eof()
     return response
 
 
 @routes.get("/v1/types")
 async def list_types(request: web.Request) -> web.Response:
-    handle, _ = _state(request).handle(request)
+    handle, _ = shard_state(request).handle(request)
     return json_response([schema.to_json() for schema in handle.entity_types()])
 
 
 @routes.post("/v1/types")
 async def define_type(request: web.Request) -> web.Response:
-    handle, _ = _state(request).handle(request, Action.ADMINISTER)
+    handle, _ = shard_state(request).handle(request, Action.ADMINISTER)
     schema = TypeSchema.from_json(await read_json(request))
-    await _off_loop(lambda: handle.define_type(schema))
+    await off_loop(lambda: handle.define_type(schema))
     return web.Response(status=204)
 
 
 @routes.post("/v1/columns")
 async def define_column(request: web.Request) -> web.Response:
-    handle, _ = _state(request).handle(request, Action.ADMINISTER)
+    handle, _ = shard_state(request).handle(request, Action.ADMINISTER)
     column = ColumnDef.from_json(await read_json(request))
-    await _off_loop(lambda: handle.define_column(column))
+    await off_loop(lambda: handle.define_column(column))
     return web.Response(status=204)
 
 
 @routes.get("/v1/entities/{type_name}")
 async def list_entities(request: web.Request) -> web.Response:
-    handle, principal = _state(request).handle(request, Action.QUERY)
+    handle, principal = shard_state(request).handle(request, Action.QUERY)
     _unbound_only(principal)
     type_name = validate_type_name(request.match_info["type_name"], "type_name")
     include_deleted = _bool_param(request.query.get("include_deleted", "false"), "include_deleted")
-    return json_response(await _off_loop(lambda: handle.list_entities(type_name, include_deleted)))
+    return json_response(await off_loop(lambda: handle.list_entities(type_name, include_deleted)))
 
 
 @routes.get("/v1/entities/{type_name}/{entity_id:[^/]+}/history")  # ids may hold { and }
 async def entity_history(request: web.Request) -> web.Response:
-    handle, principal = _state(request).handle(request, Action.QUERY)
+    handle, principal = shard_state(request).handle(request, Action.QUERY)
     _unbound_only(principal)
     type_name = validate_type_name(request.match_info["type_name"], "type_name")
     entity_id = request.match_info["entity_id"]
-    return json_response(await _off_loop(lambda: handle.entity_history(type_name, entity_id)))
+    return json_response(await off_loop(lambda: handle.entity_history(type_name, entity_id)))
 
 
 def _bool_param(value: str, name: str) -> bool:
@@ -250,18 +253,19 @@ def _int_param(value: str | None, name: str) -> int:
 
 @routes.get("/v1/proof/inclusion/{log_id}")
 async def prove_inclusion(request: web.Request) -> web.Response:
-    handle, principal = _state(request).handle(request, Action.QUERY)
+    handle, principal = shard_state(request).handle(request, Action.QUERY)
     _unbound_only(principal)
     log_id = request.match_info["log_id"]
-    return json_response(await _off_loop(lambda: handle.prove_inclusion(log_id)))
+    tenant = _read_tenant(request, principal)  # a cluster front names the caller's tenant
+    return json_response(await off_loop(lambda: handle.prove_inclusion(log_id, tenant)))
 
 
 @routes.get("/v1/proof/consistency")
 async def prove_consistency(request: web.Request) -> web.Response:
-    handle, principal = _state(request).handle(request, Action.QUERY)
+    handle, principal = shard_state(request).handle(request, Action.QUERY)
     _unbound_only(principal)
     first = _int_param(request.query.get("from"), "from")
-    return json_response(await _off_loop(lambda: handle.prove_consistency(first)))
+    return json_response(await off_loop(lambda: handle.prove_consistency(first)))
 
 
 # --- administration ---------------------------------------------------------------------
@@ -269,44 +273,44 @@ async def prove_consistency(request: web.Request) -> web.Response:
 
 @routes.post("/v1/admin/flush")
 async def admin_flush(request: web.Request) -> web.Response:
-    handle, _ = _state(request).handle(request, Action.ADMINISTER)
-    await _off_loop(handle.flush)
+    handle, _ = shard_state(request).handle(request, Action.ADMINISTER)
+    await off_loop(handle.flush)
     return web.Response(status=204)
 
 
 @routes.post("/v1/admin/redrive")
 async def admin_redrive(request: web.Request) -> web.Response:
-    handle, _ = _state(request).handle(request, Action.ADMINISTER)
-    return json_response({"redriven": await _off_loop(handle.redrive)})
+    handle, _ = shard_state(request).handle(request, Action.ADMINISTER)
+    return json_response({"redriven": await off_loop(handle.redrive)})
 
 
 @routes.post("/v1/admin/retention")
 async def admin_retention(request: web.Request) -> web.Response:
-    handle, _ = _state(request).handle(request, Action.ADMINISTER)
-    return json_response({"segments_dropped": await _off_loop(handle.run_retention)})
+    handle, _ = shard_state(request).handle(request, Action.ADMINISTER)
+    return json_response({"segments_dropped": await off_loop(handle.run_retention)})
 
 
 @routes.get("/v1/admin/dlq")
 async def admin_dlq(request: web.Request) -> web.Response:
-    handle, _ = _state(request).handle(request, Action.ADMINISTER)
+    handle, _ = shard_state(request).handle(request, Action.ADMINISTER)
     return json_response({"parked": handle.dlq_count()})
 
 
 @routes.post("/v1/admin/verify")
 async def admin_verify(request: web.Request) -> web.Response:
-    handle, _ = _state(request).handle(request, Action.ADMINISTER)
-    report = (await _off_loop(handle.verify)).to_dict()
+    handle, _ = shard_state(request).handle(request, Action.ADMINISTER)
+    report = (await off_loop(handle.verify)).to_dict()
     report["log_records"] = report.pop("records")
     return json_response(report)
 
 
 @routes.post("/v1/access/query")
 async def query_access(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = shard_state(request)
     handle, principal = state.handle(request, Action.ADMINISTER)
     q = AccessQuery.from_json(await read_json(request))
     with state.limiter.slot(principal.token_id):
-        page = await _off_loop(lambda: handle.query_access(q))
+        page = await off_loop(lambda: handle.query_access(q))
     return json_response(page.to_dict())
 
 
@@ -314,7 +318,7 @@ async def query_access(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format 0.0.4. Needs administer: queue and DLQ figures are operational
     detail an attacker could use."""
-    state = _state(request)
+    state = shard_state(request)
     state.handle(request, Action.ADMINISTER)
     text = render_prometheus(state.pipeline.metrics, state.gauges())
     return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
@@ -322,5 +326,5 @@ async def metrics(request: web.Request) -> web.Response:
 
 @routes.get("/v1/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    status, reasons = _state(request).pipeline.health.status()
+    status, reasons = shard_state(request).pipeline.health.status()
     return json_response({"status": status, "reasons": reasons}, 503 if status == "unhealthy" else 200)

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from quipu.core.audit_store import AuditStore
-from quipu.shard.api import routes
+from quipu.shard import api, cluster_api
 from quipu.shard.config import ShardConfig
 from quipu.shard.health import DiskProbe, HealthState
 from quipu.shard.http_edge import error_middleware
@@ -25,13 +25,15 @@ from quipu.shard.syslog import SyslogMirror
 log = logging.getLogger("quipu.shard")
 CONFIG = web.AppKey("config", ShardConfig)
 OPENAPI = web.AppKey("openapi", bytes)
+ROUTE_TABLES = (api.routes, cluster_api.routes)  # the v1 API, then what the cluster adds
 
 
 def make_app(config: ShardConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_middleware()])
     app[CONFIG] = config
     app[OPENAPI] = resources.files("quipu.shard").joinpath("openapi.json").read_bytes()
-    app.router.add_routes(routes)
+    for table in ROUTE_TABLES:
+        app.router.add_routes(table)
     app.router.add_get("/v1/openapi.json", _openapi)
     app.cleanup_ctx.append(shard_context)
     return app

@@ -17,11 +17,14 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+import orjson
+
 from quipu.core.access import AccessPage
 from quipu.core.audit_store import AuditStore
 from quipu.core.checkpoint import Checkpoint
 from quipu.core.errors import BadInput, Conflict, Forbidden, Overloaded, QuipuError, StorageFull
 from quipu.core.event import AuditEvent
+from quipu.core.files import replace_durably
 from quipu.core.integrity import IntegrityReport
 from quipu.core.query import Page
 from quipu.core.query_spec import AccessQuery, LogQuery
@@ -39,12 +42,17 @@ __all__ = [
     "DENY_ALL",
     "DISK_FULL",
     "DLQ_DIR",
+    "FROZEN_FILE",
+    "FROZEN_MESSAGE",
     "WRITER_ACTOR",
     "AuditHandle",
     "AuditPipeline",
     "PipelineConfig",
 ]
 DLQ_DIR = "dlq"
+FROZEN_FILE = "FROZEN"  # beside the store's files: this shard takes no more writes
+# The ingest front recognises a frozen shard's 409 by this start and re-reads the shard map.
+FROZEN_MESSAGE = "this shard is frozen: the cluster grew, and writes go to the active shards"
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,7 @@ class AuditPipeline:
         self.dlq = DeadLetterQueue(store.root / DLQ_DIR)
         self.window = IdempotencyWindow(config.idempotency_window)
         self._writes = WriteQueue()
+        self._frozen = (store.root / FROZEN_FILE).exists()
         self._verifying = threading.Lock()
         self._writer: Writer  # built by start(), with the hooks
 
@@ -155,7 +164,21 @@ class AuditPipeline:
 
     # --- called by handles --------------------------------------------------------------
 
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    def freeze(self) -> None:
+        """Persist the frozen mark first: a shard restarted after a grow must stay frozen."""
+        replace_durably(self.store.root / FROZEN_FILE, orjson.dumps({"frozen_at": now_micros()}))
+        self._frozen = True
+
+    def check_not_frozen(self) -> None:
+        if self._frozen:
+            raise Conflict(FROZEN_MESSAGE)
+
     def _admit(self, event: AuditEvent) -> str:
+        self.check_not_frozen()
         if event.occurred_at is None:  # the accept time is the occurrence time, kept in the DLQ too
             event = replace(event, occurred_at=now_micros())
         self.store.check_event(event)
@@ -230,8 +253,10 @@ class AuditHandle:
         return self.pipeline._admit(event)
 
     def emit_many(self, events: Sequence[AuditEvent]) -> list[str | QuipuError]:
-        """Per event: "queued", "duplicate", or the error that refused it (the rest go on)."""
+        """Per event: "queued", "duplicate", or the error that refused it (the rest go on).
+        A frozen shard refuses the whole batch: its events belong on another shard."""
         self._check(Action.EMIT)
+        self.pipeline.check_not_frozen()
         out: list[str | QuipuError] = []
         for event in events:
             try:
@@ -253,6 +278,31 @@ class AuditHandle:
     def dlq_count(self) -> int:
         self._check(Action.ADMINISTER)
         return self.pipeline.dlq_count
+
+    def freeze(self) -> None:
+        """Refuse every later emit, for good (the cluster grew past this shard)."""
+        self._check(Action.ADMINISTER)
+        self.pipeline.freeze()
+
+    def head(self) -> dict:
+        """The signed-tree head an anchor needs, with the figures `quipu-cluster status` shows."""
+        self._check(Action.ADMINISTER)
+        p = self.pipeline
+        size, root = p.store.head()
+        return {
+            "tree_size": size,
+            "merkle_root": root.hex(),
+            "queue_depth": p.queue_depth,
+            "dlq": p.dlq_count,
+            "frozen": p.frozen,
+            "writer_alive": p.writer_alive,
+        }
+
+    def known_keys(self, tenant: str | None, keys: Sequence[str]) -> list[str]:
+        """Which of `keys` this shard has accepted for `tenant` (queued, parked or recorded):
+        after a grow, the front asks a tenant's earlier shards before it writes a retry."""
+        self._check(Action.EMIT)
+        return [k for k in keys if self.pipeline.window.state(tenant, k) is not None]
 
     def verify(self) -> IntegrityReport:
         """One verify at a time: it reads every segment, and two would only compete for I/O."""
@@ -287,8 +337,8 @@ class AuditHandle:
     def entity_history(self, type_name: str, entity_id: str) -> list[dict]:
         return self._check(Action.QUERY).entity_history(type_name, entity_id, actor=self.actor)
 
-    def prove_inclusion(self, log_id: str) -> dict:
-        return self._check(Action.QUERY).prove_inclusion(log_id, actor=self.actor)
+    def prove_inclusion(self, log_id: str, tenant: str | None = None) -> dict:
+        return self._check(Action.QUERY).prove_inclusion(log_id, tenant=tenant, actor=self.actor)
 
     def prove_consistency(self, first_size: int) -> dict:
         return self._check(Action.QUERY).prove_consistency(first_size, actor=self.actor)

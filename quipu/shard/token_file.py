@@ -1,0 +1,45 @@
+"""A token table in a file of its own, re-read when the file changes: how the cluster's
+fronts (router, ingest workers) share one set of tokens that `quipu-cluster token` extends
+without a restart.
+
+The file has the shape of a shard config's `auth.tokens` (`"sha256:<hex>": {role, tenant,
+expires}`), so it is never a credential. A file that cannot be read keeps the last good
+table, as SIGHUP does for a shard.
+"""
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from quipu.core.files import ReloadedFile
+from quipu.shard.auth import Principal, QueryLimiter, TokenTable
+from quipu.shard.config import read_config_file
+from quipu.shard.permissions import PermissionPolicy
+
+log = logging.getLogger(__name__)
+RECHECK_SECS = 0.5  # a new token works within this long; one stat per interval at most
+
+
+class TokenFile:
+    def __init__(
+        self,
+        path: Path,
+        grants: Mapping[str, Sequence[str]],
+        max_concurrent_queries: int | None = 4,
+    ) -> None:
+        self.path = path
+        self.policy = PermissionPolicy.from_json(dict(grants), "grants")
+        self.limiter = QueryLimiter(max_concurrent_queries)
+        self._table = ReloadedFile(path, _load, RECHECK_SECS)
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The caller of an `Authorization` header; Unauthenticated (one message) otherwise."""
+        return self._table.current().authenticate(authorization, time.time())
+
+
+def _load(path: Path) -> TokenTable:
+    table, warnings = TokenTable.from_json(read_config_file(path), str(path))
+    for warning in warnings:
+        log.warning("%s", warning)
+    return table
