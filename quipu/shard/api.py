@@ -21,7 +21,8 @@ from quipu.core.errors import BadInput, Forbidden, Overloaded, QuipuError
 from quipu.core.event import AuditEvent, validate_idempotency_key
 from quipu.core.query_spec import MAX_LIMIT, AccessQuery, LogQuery
 from quipu.core.schema import ColumnDef, TypeSchema, validate_type_name
-from quipu.shard.http_edge import error_status, json_response, parse_json, read_json
+from quipu.shard.batch import BATCH_KEY_FIELD, parse_batch
+from quipu.shard.http_edge import error_status, json_response, read_json
 from quipu.shard.metrics import render_prometheus
 from quipu.shard.permissions import Action
 from quipu.shard.state import (
@@ -38,8 +39,6 @@ T = TypeVar("T")
 NEXT_CURSOR_HEADER = "X-Quipu-Next-Cursor"
 SNAPSHOT_HEADER = "X-Quipu-Snapshot"  # the tree size a page is pinned to: a router merges by it
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-BATCH_KEY_FIELD = "idempotency_key"
-MAX_BATCH_EVENTS = 10_000
 _DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit() also takes "²"
 EXPORT_PAGE = 500
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -78,7 +77,7 @@ async def append_batch(request: web.Request) -> web.Response:
     Every event gets its own outcome; one bad event does not refuse the others."""
     handle, principal = shard_state(request).handle(request, Action.EMIT)
     tenant = request_tenant(request, principal)
-    items = _batch_items(await request.read())
+    items = parse_batch(await request.read())
     events: list[AuditEvent | None] = []
     results: list[dict] = []
     for i, item in enumerate(items):
@@ -96,20 +95,6 @@ async def append_batch(request: web.Request) -> web.Response:
     status = 503 if accepted and all(r["status"] == "retry" for r in results) else 202
     counts = {s: sum(r["status"] == s for r in results) for s in ("queued", "duplicate", "rejected", "retry")}
     return json_response({"results": results, **counts}, status)
-
-
-def _batch_items(raw: bytes) -> list:
-    text = raw.lstrip()
-    if text.startswith(b"["):
-        items = parse_json(raw, "request body")
-    else:
-        lines = [line for line in raw.splitlines() if line.strip()]
-        items = [parse_json(line, f"NDJSON line {n + 1}") for n, line in enumerate(lines)]
-    if not isinstance(items, list) or not items:
-        raise BadInput("a batch is a non-empty JSON array or NDJSON of events")
-    if len(items) > MAX_BATCH_EVENTS:
-        raise BadInput(f"a batch holds at most {MAX_BATCH_EVENTS} events; split it")
-    return items
 
 
 def _batch_event(item: object, tenant: str | None) -> AuditEvent:

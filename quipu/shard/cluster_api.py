@@ -10,7 +10,8 @@ from aiohttp import web
 
 from quipu.core.errors import BadInput
 from quipu.core.event import validate_idempotency_key
-from quipu.shard.api import MAX_BATCH_EVENTS, off_loop, shard_state
+from quipu.shard.api import off_loop, shard_state
+from quipu.shard.batch import MAX_BATCH_EVENTS
 from quipu.shard.http_edge import json_response, read_json
 from quipu.shard.permissions import Action
 from quipu.shard.state import request_tenant
