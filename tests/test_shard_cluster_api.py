@@ -33,7 +33,7 @@ def test_tree_head_is_one_consistent_size_and_root_that_later_trees_prove_they_e
     shard.flush()
     status, head = shard.json("GET", "/v1/admin/head")
     assert status == 200
-    assert head["tree_size"] == 5 and not head["frozen"] and head["writer_alive"]
+    assert head["tree_size"] == head["records"] == 5 and not head["frozen"] and head["writer_alive"]
     for _ in range(3):
         assert emit(shard, "header") == 202
     shard.flush()

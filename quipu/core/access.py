@@ -24,6 +24,7 @@ RECORD_VERSION = 1
 class AccessPage:
     records: list[dict]
     next_cursor: str | None
+    snapshot: int = 0  # the tree size this page and its cursor are pinned to
 
     def to_dict(self) -> dict:
         return {"records": self.records, "next_cursor": self.next_cursor}
@@ -61,10 +62,10 @@ class AccessLog:
                 continue
             if len(records) == q.limit:
                 more = Cursor(q.order, last[0], last[1], snap, expected).encode()
-                return AccessPage(records, more)
+                return AccessPage(records, more, snap)
             records.append(rec)
             last = (rec["at"], leaf)
-        return AccessPage(records, None)
+        return AccessPage(records, None, snap)
 
     def _leaves(self, order: str, snap: int) -> range:
         first = self._table.first_index

@@ -107,6 +107,11 @@ class AuditStore:
         the difference tells a writer how many of its events are in."""
         return self._logs.tree_size
 
+    @property
+    def retained_rows(self) -> int:
+        """Rows of `logs` still on disk (retention drops the oldest segments)."""
+        return self._logs.record_count
+
     def head(self) -> tuple[int, bytes]:
         """(tree size, Merkle root) of `logs`, one consistent pair: what an anchor signs."""
         size = self._logs.tree_size  # read once: the tree only grows, so root(size) exists
@@ -311,7 +316,9 @@ class AuditStore:
         try:
             row = LogRow.decode(self._logs.read(leaf).payload)
         except NotFound:
-            raise NotFound(f"log {log_id} is not retained (purged by retention)") from None
+            # A purged row's tenant is unknown: a tenant-scoped caller learns nothing of it.
+            gone = "is not in this store" if tenant is not None else "is not retained (purged by retention)"
+            raise NotFound(f"log {log_id} {gone}") from None
         if row.log_id != canonical_log_id(log_id) or (tenant is not None and row.tenant != tenant):
             raise NotFound(f"log {log_id} is not in this store")
         return {"log_id": row.log_id, **self._logs.prove_inclusion(leaf).to_dict()}

@@ -31,7 +31,8 @@ routes = web.RouteTableDef()
 
 def make_app(config: IngestConfig) -> web.Application:
     app = web.Application(
-        client_max_size=config.max_body_bytes, middlewares=[error_middleware(), shard_down_middleware()]
+        client_max_size=config.max_body_bytes,
+        middlewares=[error_middleware(process="ingest"), shard_down_middleware()],
     )
     app[CONFIG] = config
     app.router.add_routes(routes)

@@ -296,7 +296,7 @@ async def query_access(request: web.Request) -> web.Response:
     q = AccessQuery.from_json(await read_json(request))
     with state.limiter.slot(principal.token_id):
         page = await off_loop(lambda: handle.query_access(q))
-    return json_response(page.to_dict())
+    return json_response(page.to_dict(), headers={SNAPSHOT_HEADER: str(page.snapshot)})
 
 
 @routes.get("/metrics")

@@ -27,8 +27,6 @@ from quipu.core.errors import (
     Unauthenticated,
 )
 
-log = logging.getLogger("quipu.shard")
-
 # Most specific first: the first class an error is an instance of decides.
 STATUS_BY_ERROR: tuple[tuple[type[QuipuError], int], ...] = (
     (BadInput, 400),
@@ -68,8 +66,10 @@ def error_response(status: int, message: str) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_middleware() -> Callable:
-    """Turn every failure into a JSON error; aiohttp's own (404 route, 405, 413) included."""
+def error_middleware(*, process: str = "shard") -> Callable:
+    """Turn every failure into a JSON error; aiohttp's own (404 route, 405, 413) included.
+    `process` names whose log holds an unexpected failure's details (shard, router, ingest)."""
+    where = logging.getLogger(f"quipu.{process}")
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -78,7 +78,7 @@ def error_middleware() -> Callable:
         except QuipuError as err:
             status = error_status(err)
             if status == 500:
-                log.error("%s %s failed: %s", request.method, _route(request), err)
+                where.error("%s %s failed: %s", request.method, _route(request), err)
             return error_response(status, str(err))
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, f"request body is larger than {request.client_max_size} bytes")
@@ -90,8 +90,8 @@ def error_middleware() -> Callable:
                 response.headers["Allow"] = err.headers["Allow"]
             return response
         except Exception:
-            log.exception("%s %s failed", request.method, _route(request))
-            return error_response(500, "internal error; the shard log has the details")
+            where.exception("%s %s failed", request.method, _route(request))
+            return error_response(500, f"internal error; the {process} log has the details")
 
     return middleware
 

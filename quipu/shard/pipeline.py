@@ -292,6 +292,7 @@ class AuditHandle:
         return {
             "tree_size": size,
             "merkle_root": root.hex(),
+            "records": p.store.retained_rows,
             "queue_depth": p.queue_depth,
             "dlq": p.dlq_count,
             "frozen": p.frozen,
