@@ -20,10 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from router_proc import RouterCluster, cluster_shard
 from shard_proc import append_request, define_types, wait_until
 
+from quipu.core.errors import BadInput
 from quipu.router.anchor import Anchor
 from quipu.router.app import make_app
 from quipu.router.config import load_router_config
 from quipu.router.shard_map import ShardMap
+from quipu.shard.auth import TokenTable
 
 T0 = 1_700_000_000_000_000
 
@@ -287,3 +289,11 @@ def test_export_hook_gets_every_anchor_and_a_failing_hook_breaks_nothing(cluster
         Anchor.from_json(json.loads(line)) for line in (cluster.base / "anchors.log").read_text().splitlines()
     ]
     assert logged == seen
+
+
+def test_the_cluster_token_may_anchor_and_no_token_file_can_grant_its_role(cluster):
+    fill(cluster)
+    status, signed = cluster.router.json("POST", "/v1/cluster/anchor", token=cluster.cluster_token)
+    assert status == 200 and {h["shard"] for h in signed["heads"]} == {"shard-0000", "shard-0001"}
+    with pytest.raises(BadInput):
+        TokenTable.from_json({"sha256:" + "0" * 64: "quipu:cluster"})

@@ -326,6 +326,9 @@ def test_custom_column_is_registered_checked_on_write_and_returned(shard):
     shard.request("POST", "/v1/logs", append_request("columnist", custom={"nocolumn": "x"})).error(400)
     shard.request("POST", "/v1/columns", {"name": "region", "kind": "Number"}).error(400)
     shard.request("POST", "/v1/columns", {"name": "zone"}, role="service").error(403)
+    status, columns = shard.json("GET", "/v1/columns", role="service")
+    assert status == 200 and {"name": "region", "kind": "Text", "required": False} in columns
+    shard.request("GET", "/v1/columns", role="nobody").error(403)
     shard.flush()
     (view,) = query(shard, actor_query("columnist"))
     assert view["custom"] == {"region": {"Text": "eu-west"}}

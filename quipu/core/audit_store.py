@@ -271,6 +271,10 @@ class AuditStore:
         self._audit(actor, "entity_types")
         return self._registry.entity_types()
 
+    def custom_columns(self, *, actor: str = EMBEDDED) -> list[ColumnDef]:
+        self._audit(actor, "custom_columns")
+        return list(self._registry.columns.values())
+
     def list_entities(
         self, type_name: str, include_deleted: bool = False, *, actor: str = EMBEDDED
     ) -> list[dict]:

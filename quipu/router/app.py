@@ -58,7 +58,7 @@ async def router_context(app: web.Application) -> AsyncIterator[None]:
     state = RouterState(
         config,
         ShardMapFile(config.shard_map),
-        TokenFile(config.tokens_file, config.grants, config.max_concurrent_queries),
+        TokenFile(config.tokens_file, config.grants, config.max_concurrent_queries, service_token=app[TOKEN]),
         client,
         AnchorLog(config.anchor.log),
         export_hook=app[HOOK],

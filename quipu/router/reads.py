@@ -120,14 +120,24 @@ async def _keyed_lines(answer: aiohttp.ClientResponse) -> AsyncIterator[tuple[tu
 @routes.get("/v1/types")
 async def list_types(request: web.Request) -> web.Response:
     """Every type any shard knows, once (a grow copies every type to the new shards)."""
+    return json_response(await _union(request, "/v1/types", "type_name"))
+
+
+@routes.get("/v1/columns")
+async def list_columns(request: web.Request) -> web.Response:
+    return json_response(await _union(request, "/v1/columns", "name"))
+
+
+async def _union(request: web.Request, path: str, key: str) -> list[dict]:
+    """The definitions every shard lists, each name once (the oldest shard's first)."""
     state = router_state(request)
     state.caller(request)
-    replies = await state.call_all(list(state.map().shards.values()), "GET", "/v1/types")
+    replies = await state.call_all(list(state.map().shards.values()), "GET", path)
     seen: dict[str, dict] = {}
     for sid, reply in replies.items():
-        for schema in expect(reply, sid):
-            seen.setdefault(schema["type_name"], schema)
-    return json_response(list(seen.values()))
+        for definition in expect(reply, sid):
+            seen.setdefault(definition[key], definition)
+    return list(seen.values())
 
 
 @routes.post("/v1/types")

@@ -194,6 +194,12 @@ async def define_type(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@routes.get("/v1/columns")
+async def list_columns(request: web.Request) -> web.Response:
+    handle, _ = shard_state(request).handle(request)
+    return json_response([column.to_json() for column in handle.custom_columns()])
+
+
 @routes.post("/v1/columns")
 async def define_column(request: web.Request) -> web.Response:
     handle, _ = shard_state(request).handle(request, Action.ADMINISTER)

@@ -122,6 +122,10 @@ class TokenTable:
             raise Unauthenticated(INVALID_TOKEN)
         return principal
 
+    def with_principal(self, digest: str, principal: Principal) -> "TokenTable":
+        """This table plus one principal that no config file can name (the cluster's own)."""
+        return TokenTable({**self._by_digest, digest: principal})
+
     def role_counts(self) -> dict[str, int]:
         """How many tokens carry each role (for config warnings and status output)."""
         return dict(Counter(p.role for p in self._by_digest.values()))

@@ -346,6 +346,13 @@ class AuditHandle:
 
     def entity_types(self) -> list[TypeSchema]:
         """Any role granted at least one action: emitters need the types to build events."""
+        return self._any_grant().entity_types(actor=self.actor)
+
+    def custom_columns(self) -> list[ColumnDef]:
+        """As entity_types: emitters need the columns too."""
+        return self._any_grant().custom_columns(actor=self.actor)
+
+    def _any_grant(self) -> AuditStore:
         if not any(self.pipeline.policy.is_allowed(self.role, a) for a in Action):
             raise Forbidden("this token's role is granted no action")
-        return self.pipeline.store.entity_types(actor=self.actor)
+        return self.pipeline.store
