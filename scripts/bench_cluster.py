@@ -41,7 +41,9 @@ import psutil
 from bench_shard import (
     Inputs,
     Run,
+    Target,
     batch_case,
+    drive,
     make_inputs,
     post_batch,
     post_single,
@@ -104,49 +106,21 @@ def cpu_by_role(procs: dict[str, psutil.Process]) -> dict[str, float]:
     return out
 
 
-async def drive_cluster(
-    cluster: Cluster,
-    run: ClusterRun,
-    workers: int,
-    units: int,
-    send: Callable[[aiohttp.ClientSession, int], Awaitable[None]],
-    budget: float,
-) -> ClusterRun:
-    """As bench_shard.drive, through the front: `workers` tasks send units until done or
-    `budget`; one flush through the front; the count must match what was accepted."""
+def front_target(cluster: Cluster) -> Target:
+    """The cluster's ingest front; CPU counted per role (shards, router, ingest, bench)."""
     admin = {"Authorization": f"Bearer {cluster.admin_token}", "Content-Type": "application/json"}
     procs = cluster_processes(cluster)
-    connector = aiohttp.TCPConnector(limit=workers)
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(base_url=cluster.url, connector=connector, timeout=timeout) as session:
-        next_unit = 0
-        gc.collect()
+
+    def meter() -> Callable[[Run], None]:
         before = cpu_by_role(procs)
-        start = perf()
-        deadline = start + budget
 
-        async def worker() -> None:
-            nonlocal next_unit
-            while next_unit < units and perf() < deadline:
-                unit, next_unit = next_unit, next_unit + 1
-                t0 = perf()
-                await send(session, unit)
-                run.samples.append((perf() - t0) * 1000)
+        def charge(run: Run) -> None:
+            after = cpu_by_role(procs)
+            run.cpu_by_role = {k: after[k] - before.get(k, 0.0) for k in after}
 
-        await asyncio.gather(*(worker() for _ in range(workers)))
-        accepted = perf()
-        async with session.post("/v1/admin/flush", headers=admin) as resp:
-            if resp.status not in (200, 204):
-                raise RuntimeError(f"flush through the front answered {resp.status}: {await resp.text()}")
-        done = perf()
-        after = cpu_by_role(procs)
-        run.cpu_by_role = {k: after[k] - before.get(k, 0.0) for k in after}
-        run.accept_seconds, run.seconds = accepted - start, done - start
-        async with session.post("/v1/logs/count", data=b"{}", headers=admin) as resp:
-            run.stored = (await resp.json())["count"]
-    if run.stored != run.events:
-        raise RuntimeError(f"{run.case}: the cluster holds {run.stored} logs, {run.events} were accepted")
-    return run
+        return charge
+
+    return Target(cluster.url, admin, "the cluster", meter, flushed=(200, 204))
 
 
 def cluster_case(shards: int, kind: str, inputs: Inputs, budget: float) -> Callable[[Path], Run]:
@@ -170,7 +144,7 @@ def cluster_case(shards: int, kind: str, inputs: Inputs, budget: float) -> Calla
                     return post_batch(session, h, inputs.batch_bodies[k], inputs.batch_items[k], run)
 
                 units, workers = len(inputs.batch_bodies), 1
-            return asyncio.run(drive_cluster(cluster, run, workers, units, send, budget))
+            return asyncio.run(drive(front_target(cluster), run, workers, units, send, budget))
         finally:
             cluster.stop()
 
@@ -191,7 +165,7 @@ def query_phase(root: Path, events: int) -> None:
             h = {**base, "X-Quipu-Tenant": tenant_of(k)}
             return post_batch(session, h, inputs.batch_bodies[k], inputs.batch_items[k], run)
 
-        asyncio.run(drive_cluster(cluster, run, 2, len(inputs.batch_bodies), send, math.inf))
+        asyncio.run(drive(front_target(cluster), run, 2, len(inputs.batch_bodies), send, math.inf))
         print(
             f"  filled      {run.events:,} events in {run.seconds:.1f} s ({fmt_rate(run.rate)} ev/s durable)"
         )

@@ -47,7 +47,6 @@ import os
 import pstats
 import re
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -80,7 +79,7 @@ from quipu.core.schema import FieldDef, TypeSchema
 # tests/shard_proc.py is the one place that knows how to write a shard's keys and config and
 # start `quipu shard serve`; the tests dir is not a package, so it goes on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from shard_proc import READY_PREFIX, START_TIMEOUT, ShardProcess, define_types
+from shard_proc import ShardProcess, define_types, start_process
 
 SYNC_POLICY = f"every_n_or_interval:{GROUP_COMMIT[0]}:{GROUP_COMMIT[1]:g}"  # = open_store's
 SINGLE_CLIENTS = (1, 8, 64)
@@ -243,22 +242,8 @@ class InstrumentedShard(ShardProcess):
     def launch(self) -> None:
         self.out_dir.mkdir(exist_ok=True)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-instrumented", str(self.out_dir)]
-        self.proc = subprocess.Popen(
-            [*cmd, str(self.config_path), *(["--cprofile"] if self.cprofile else [])],
-            stdout=subprocess.PIPE,
-            stderr=open(self.base / "shard.log", "ab"),  # noqa: SIM115 - the child owns it
-            text=True,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if line.startswith(READY_PREFIX):
-                self.url = line[len(READY_PREFIX) :].strip()
-                return
-            if not line and self.proc.poll() is not None:
-                break
-        self.stop()
-        raise RuntimeError(f"instrumented shard did not start; log:\n{self.log()}")
+        command = [*cmd, str(self.config_path), *(["--cprofile"] if self.cprofile else [])]
+        self.proc, self.url = start_process(command, self.log_path)
 
 
 def read_gc_clock(out_dir: Path) -> bk.GcClock:
@@ -321,16 +306,31 @@ def serve_instrumented(out_dir: Path, config: Path, cprofile: bool) -> int:
 # --- HTTP clients --------------------------------------------------------------------
 
 
-def session_for(shard: ShardProcess, connections: int) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        base_url=shard.url,
-        connector=aiohttp.TCPConnector(limit=connections),
-        timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT),
-    )
-
-
 def bearer(shard: ShardProcess, role: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {shard.tokens[role]}", "Content-Type": "application/json"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where `drive` sends, flushes and counts: one shard, or a cluster's ingest front
+    (bench_cluster.py), whose flush and count the router spreads over every shard."""
+
+    url: str
+    admin: dict[str, str]  # the flush's and the count's headers
+    name: str  # in errors: "the shard holds ..."
+    meter: Callable[[], Callable[[Run], None]]  # starts counting CPU; its result charges a run
+    flushed: tuple[int, ...] = (204,)  # the flush answers that mean "all durable"
+
+
+def shard_target(shard: ShardProcess) -> Target:
+    """One shard; its CPU (and the event loop's share) counted with CpuSnapshot."""
+    proc = psutil.Process(shard.proc.pid)
+
+    def meter() -> Callable[[Run], None]:
+        snapshot = CpuSnapshot.take(proc)
+        return lambda run: snapshot.charge(run, proc)
+
+    return Target(shard.url, bearer(shard, "admin"), "the shard", meter)
 
 
 async def post_single(session: aiohttp.ClientSession, headers: dict, body: bytes, run: Run) -> None:
@@ -375,7 +375,7 @@ async def post_batch(
 
 
 async def drive(
-    shard: ShardProcess,
+    target: Target,
     run: Run,
     workers: int,
     units: int,
@@ -383,13 +383,14 @@ async def drive(
     budget: float,
 ) -> Run:
     """`workers` tasks pull unit numbers 0..units-1 from one counter and `send` each, until
-    done or `budget` seconds have passed; then one flush. The timing covers both."""
-    proc = psutil.Process(shard.proc.pid)
-    async with session_for(shard, workers) as session:
-        admin = bearer(shard, "admin")
+    done or `budget` seconds have passed; then one flush. The timing covers both, and the
+    count must then equal what was accepted."""
+    connector = aiohttp.TCPConnector(limit=workers)
+    timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)
+    async with aiohttp.ClientSession(base_url=target.url, connector=connector, timeout=timeout) as session:
         next_unit = 0
         gc.collect()
-        cpu = CpuSnapshot.take(proc)
+        charge = target.meter()
         start = perf()
         deadline = start + budget
 
@@ -403,16 +404,18 @@ async def drive(
 
         await asyncio.gather(*(worker() for _ in range(workers)))
         accepted = perf()
-        async with session.post("/v1/admin/flush", headers=admin) as resp:
-            if resp.status != 204:
-                raise RuntimeError(f"POST /v1/admin/flush answered {resp.status}: {await resp.text()}")
+        async with session.post("/v1/admin/flush", headers=target.admin) as resp:
+            if resp.status not in target.flushed:
+                raise RuntimeError(
+                    f"POST /v1/admin/flush to {target.name} answered {resp.status}: {await resp.text()}"
+                )
         done = perf()
-        cpu.charge(run, proc)
+        charge(run)
         run.accept_seconds, run.seconds = accepted - start, done - start
-        async with session.post("/v1/logs/count", data=b"{}", headers=admin) as resp:
+        async with session.post("/v1/logs/count", data=b"{}", headers=target.admin) as resp:
             run.stored = (await resp.json())["count"]
     if run.stored != run.events:
-        raise RuntimeError(f"{run.case}: the shard holds {run.stored} logs, {run.events} were accepted")
+        raise RuntimeError(f"{run.case}: {target.name} holds {run.stored} logs, {run.events} were accepted")
     notes = [f"{run.retries:,} re-sent after 503/retry"] if run.retries else []
     notes += [f"{run.duplicates:,} answered duplicate"] if run.duplicates else []
     run.note = "; ".join(notes)
@@ -432,7 +435,9 @@ def single_case(
                 h = {**headers, "Idempotency-Key": inputs.keys[i]}
                 return post_single(session, h, inputs.single_bodies[i], run)
 
-            return asyncio.run(drive(shard, run, clients, len(inputs.single_bodies), send, budget))
+            return asyncio.run(
+                drive(shard_target(shard), run, clients, len(inputs.single_bodies), send, budget)
+            )
         finally:
             shard.stop()
 
@@ -451,7 +456,9 @@ def batch_case(
             def send(session: aiohttp.ClientSession, k: int) -> Awaitable[None]:
                 return post_batch(session, headers, inputs.batch_bodies[k], inputs.batch_items[k], run)
 
-            return asyncio.run(drive(shard, run, senders, len(inputs.batch_bodies), send, budget))
+            return asyncio.run(
+                drive(shard_target(shard), run, senders, len(inputs.batch_bodies), send, budget)
+            )
         finally:
             shard.stop()
 

@@ -7,7 +7,6 @@ read back.
         cluster.post("/v1/logs", body, token=cluster.admin_token, tenant="acme")
 """
 
-import http.client
 import json
 import os
 import secrets
@@ -18,12 +17,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from shard_proc import Reply, wait_until
+from shard_proc import Reply, http_request, wait_until
 
 from quipu.cluster.tokens import issue_token, token_entry
 
@@ -61,28 +57,6 @@ def cluster_yaml(shards: int = 3, workers: int = 2, **sections: object) -> dict:
     }
     body.update(sections)
     return body
-
-
-def write_key_files(directory: Path) -> dict[str, str]:
-    """An HMAC secret and a 2048-bit RSA pair, as cluster.yaml's `keys` section."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "hmac.key").write_bytes(secrets.token_bytes(32))
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (directory / "rsa.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    (directory / "rsa.pub.pem").write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return {
-        "hmac_key_file": str(directory / "hmac.key"),
-        "public_key_pem_file": str(directory / "rsa.pub.pem"),
-        "private_key_pem_file": str(directory / "rsa.pem"),
-    }
 
 
 @dataclass
@@ -204,24 +178,15 @@ class Cluster:
         raw: bytes | None = None,
         url: str | None = None,
     ) -> Reply:
-        """One call to the public URL (or `url`), with `token` (default: the admin token)."""
+        """One call to the public URL (or `url`), with `token` (default: the admin token; ""
+        for none)."""
         hdrs = dict(headers or {})
-        token = self.admin_token if token is None else token
-        if token:
-            hdrs["Authorization"] = f"Bearer {token}"
         if tenant is not None:
             hdrs["X-Quipu-Tenant"] = tenant
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        if data is not None:
-            hdrs.setdefault("Content-Type", "application/json")
-        parts = urlsplit(url or self.url)
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
-        try:
-            conn.request(method, path, body=data, headers=hdrs)
-            r = conn.getresponse()
-            return Reply(r.status, dict(r.getheaders()), r.read())
-        finally:
-            conn.close()
+        token = self.admin_token if token is None else token
+        return http_request(
+            url or self.url, method, path, body, token=token or None, headers=hdrs, raw=raw, timeout=120
+        )
 
     def healthy(self, url: str) -> bool:
         try:

@@ -8,25 +8,21 @@ port (SO_REUSEPORT).
         cluster.owner("acme").flush()
 """
 
-import http.client
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from shard_proc import START_TIMEOUT, Reply, ShardProcess
+import shard_proc
+from router_proc import LoopbackShards
+from shard_proc import Reply, ShardProcess, http_request, start_process, stop_process
 
-from quipu.router.shard_map import ShardInfo, ShardMap
-from quipu.shard.auth import token_digest
+from quipu.cluster.process_config import CLUSTER_GRANTS
 
 READY_PREFIX = "quipu ingest listening on "
-CLUSTER_ROLE = "cluster"
-CLUSTER_GRANTS = ["emit", "query", "administer"]
 SEED = "ingest-test"
 # The callers' tokens: name -> entry of the token file (and of every shard's config, so a
 # read forwarded to a shard standing in for the router is answered with the same tokens).
@@ -40,48 +36,10 @@ USERS = {
 USER_GRANTS = {"admin": CLUSTER_GRANTS, "auditor": ["query"], "service": ["emit"]}
 
 
-def http_request(
-    url: str,
-    method: str,
-    path: str,
-    body: object = None,
-    *,
-    token: str | None = None,
-    headers: dict[str, str] | None = None,
-    raw: bytes | None = None,
-) -> Reply:
-    """One HTTP request on a fresh connection (so SO_REUSEPORT spreads them over workers)."""
-    hdrs = dict(headers or {})
-    if token is not None:
-        hdrs["Authorization"] = f"Bearer {token}"
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    if data is not None:
-        hdrs.setdefault("Content-Type", "application/json")
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-    try:
-        conn.request(method, path, body=data, headers=hdrs)
-        r = conn.getresponse()
-        return Reply(r.status, dict(r.getheaders()), r.read())
-    finally:
-        conn.close()
-
-
 def cluster_shard(base: Path, cluster_token: str, users: dict[str, str]) -> ShardProcess:
-    """A shard that takes the cluster token (role cluster, tenant *) and the users' tokens,
-    started, its port then pinned in its config so a restart keeps the URL of the map."""
-    shard = ShardProcess.prepare(base)
-    tokens = shard.config["auth"]["tokens"]
-    tokens[token_digest(cluster_token)] = {"role": CLUSTER_ROLE, "tenant": "*"}
-    shard.tokens[CLUSTER_ROLE] = cluster_token
-    for name, token in users.items():
-        tokens[token_digest(token)] = USERS[name]
-    shard.config["auth"]["grants"][CLUSTER_ROLE] = CLUSTER_GRANTS
-    shard.write_config()
-    shard.launch()
-    shard.config["listen"] = urlsplit(shard.url).netloc
-    shard.write_config()
-    return shard
+    """A started shard that takes the cluster token and the users' tokens (USERS name ->
+    token), its port pinned so a restart keeps the URL of the map."""
+    return shard_proc.cluster_shard(base, cluster_token, {t: USERS[name] for name, t in users.items()})
 
 
 @dataclass
@@ -92,35 +50,11 @@ class IngestWorker:
     @classmethod
     def launch(cls, config_path: Path, cluster_token: str, log_path: Path) -> "IngestWorker":
         env = {**os.environ, "QUIPU_CLUSTER_TOKEN": cluster_token}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "quipu.cli.main", "ingest", "serve", str(config_path)],
-            stdout=subprocess.PIPE,
-            stderr=open(log_path, "ab"),  # noqa: SIM115 - the child owns it
-            text=True,
-            env=env,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if line.startswith(READY_PREFIX):
-                return cls(proc, line[len(READY_PREFIX) :].strip())
-            if not line and proc.poll() is not None:
-                break
-        proc.kill()
-        proc.wait(10)
-        raise RuntimeError(f"ingest worker did not start; log:\n{log_path.read_text(errors='replace')}")
+        command = [sys.executable, "-m", "quipu.cli.main", "ingest", "serve", str(config_path)]
+        return cls(*start_process(command, log_path, ready_prefix=READY_PREFIX, env=env))
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
+        return stop_process(self.proc)
 
 
 @dataclass
@@ -161,16 +95,12 @@ class IngestFront:
 
 
 @dataclass
-class IngestCluster:
+class IngestCluster(LoopbackShards):
     base: Path
     cluster_token: str
     tokens: dict[str, str]  # USERS name -> token
     shards: list[ShardProcess]
     front: IngestFront
-
-    @property
-    def map_path(self) -> Path:
-        return self.base / "shards.json"
 
     @classmethod
     def start(
@@ -183,10 +113,8 @@ class IngestCluster:
         try:
             for n in range(shards):
                 cluster.shards.append(cluster_shard(base / f"shard-{n:04d}", cluster_token, tokens))
-            ShardMap.create(SEED, [cluster.info(s) for s in cluster.shards]).save(cluster.map_path)
-            (base / "tokens.json").write_text(
-                json.dumps({token_digest(t): USERS[name] for name, t in tokens.items()})
-            )
+            cluster.write_map(SEED)
+            cluster.write_tokens_file(USERS, tokens)
             cluster.front.config = {
                 "listen": "127.0.0.1:0",
                 "shard_map": str(cluster.map_path),
@@ -201,17 +129,6 @@ class IngestCluster:
             cluster.stop()
             raise
         return cluster
-
-    def info(self, shard: ShardProcess) -> ShardInfo:
-        return ShardInfo(f"shard-{self.shards.index(shard):04d}", shard.url)
-
-    def shard_map(self) -> ShardMap:
-        return ShardMap.load(self.map_path)
-
-    def owner(self, tenant: str) -> ShardProcess:
-        """The shard the map routes the tenant's writes to now."""
-        url = self.shard_map().route_write(tenant).url
-        return next(s for s in self.shards if s.url == url)
 
     def grow(self, add: int) -> list[ShardProcess]:
         """What a grow does, in the supervisor's order: start the new shards, freeze the
@@ -257,13 +174,5 @@ class IngestCluster:
                 counts[self.info(shard).id] = shard.count(query or {}, headers={"X-Quipu-Tenant": tenant})
         return counts
 
-    def stop(self) -> None:
-        self.front.stop()
-        for shard in self.shards:
-            shard.stop()
-
-    def __enter__(self) -> "IngestCluster":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def fronts(self) -> list:
+        return [self.front]

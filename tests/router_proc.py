@@ -12,24 +12,21 @@ the cluster token, a shards.json, a token file, an anchor key, and a real
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Self
 
-from shard_proc import START_TIMEOUT, Reply, ShardProcess, define_types, write_keys
+import shard_proc
+from shard_proc import Reply, ShardProcess, define_types, start_process, write_keys
 
+from quipu.cluster.process_config import CLUSTER_GRANTS
 from quipu.router.shard_map import ShardInfo, ShardMap
 from quipu.shard.auth import new_token, token_digest
 
 READY_PREFIX = "quipu router listening on "
 SEED = "router-test"
-CLUSTER_ROLE = "cluster"
-ALL_ACTIONS = ["emit", "query", "administer"]
-GRANTS = {"admin": ALL_ACTIONS, "auditor": ["query"], "service": ["emit"], "nobody": []}
+GRANTS = {"admin": CLUSTER_GRANTS, "auditor": ["query"], "service": ["emit"], "nobody": []}
 # The callers' tokens: name -> entry of the router's token file.
 USERS = {
     "admin": {"role": "admin", "tenant": "*"},
@@ -42,19 +39,9 @@ USERS = {
 
 
 def cluster_shard(base: Path, cluster_token: str) -> ShardProcess:
-    """A started shard taking the cluster token (role cluster, tenant *, every action, no
-    per-token query cap: the router caps its callers), its port pinned for restarts."""
-    shard = ShardProcess.prepare(base)
-    auth = shard.config["auth"]
-    auth["tokens"][token_digest(cluster_token)] = {"role": CLUSTER_ROLE, "tenant": "*"}
-    auth["grants"][CLUSTER_ROLE] = ALL_ACTIONS
-    auth["max_concurrent_queries"] = None
-    shard.tokens[CLUSTER_ROLE] = cluster_token
-    shard.write_config()
-    shard.launch()
-    shard.config["listen"] = urlsplit(shard.url).netloc
-    shard.write_config()
-    return shard
+    """A started shard taking the cluster token, with no per-token query cap (the router caps
+    its callers), its port pinned for restarts."""
+    return shard_proc.cluster_shard(base, cluster_token, max_concurrent_queries=None)
 
 
 @dataclass
@@ -68,36 +55,68 @@ class RouterProcess(ShardProcess):
     def config_path(self) -> Path:
         return self.base / "router.json"
 
+    @property
+    def log_path(self) -> Path:
+        return self.base / "router.log"
+
     def write_config(self) -> None:
         self.config_path.write_text(json.dumps(self.config))
 
     def launch(self) -> None:
         env = {**os.environ, "QUIPU_CLUSTER_TOKEN": self.cluster_token}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "quipu.cli.main", "router", "serve", str(self.config_path)],
-            stdout=subprocess.PIPE,
-            stderr=open(self.base / "router.log", "ab"),  # noqa: SIM115 - the child owns it
-            text=True,
-            env=env,
+        command = [sys.executable, "-m", "quipu.cli.main", "router", "serve", str(self.config_path)]
+        self.proc, self.url = start_process(command, self.log_path, ready_prefix=READY_PREFIX, env=env)
+
+
+class LoopbackShards:
+    """What the router's and the ingest front's test clusters share: started shards
+    `shard-NNNN` (by their index in `shards`) under `base`, the shards.json over them, and a
+    token file of the callers' tokens. `stop` stops `fronts()` first, then the shards."""
+
+    base: Path
+    shards: list[ShardProcess]
+
+    @property
+    def map_path(self) -> Path:
+        return self.base / "shards.json"
+
+    def info(self, shard: ShardProcess) -> ShardInfo:
+        return ShardInfo(f"shard-{self.shards.index(shard):04d}", shard.url)
+
+    def shard_map(self) -> ShardMap:
+        return ShardMap.load(self.map_path)
+
+    def shard(self, shard_id: str) -> ShardProcess:
+        return self.shards[int(shard_id.removeprefix("shard-"))]
+
+    def owner(self, tenant: str) -> ShardProcess:
+        """The shard the map routes the tenant's writes to now."""
+        return self.shard(self.shard_map().route_write(tenant).id)
+
+    def write_map(self, seed: str) -> None:
+        ShardMap.create(seed, [self.info(s) for s in self.shards]).save(self.map_path)
+
+    def write_tokens_file(self, users: dict[str, dict], tokens: dict[str, str]) -> None:
+        """tokens.json: each of `tokens` (users name -> token) with its `users` entry."""
+        (self.base / "tokens.json").write_text(
+            json.dumps({token_digest(t): users[name] for name, t in tokens.items()})
         )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if line.startswith(READY_PREFIX):
-                self.url = line[len(READY_PREFIX) :].strip()
-                return
-            if not line and self.proc.poll() is not None:
-                break
+
+    def fronts(self) -> list:
+        """What answers the callers (each with `stop()`), stopped before the shards."""
+        return []
+
+    def stop(self) -> None:
+        for front in self.fronts():
+            front.stop()
+        for shard in self.shards:
+            shard.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.stop()
-        raise RuntimeError(f"router did not start; log:\n{self.log()}")
-
-    def log(self) -> str:
-        return (self.base / "router.log").read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
 
 
 def router_config(base: Path, **anchor: object) -> dict:
@@ -120,7 +139,7 @@ def router_config(base: Path, **anchor: object) -> dict:
 
 
 @dataclass
-class RouterCluster:
+class RouterCluster(LoopbackShards):
     base: Path
     cluster_token: str
     tokens: dict[str, str]  # USERS name -> token
@@ -137,10 +156,8 @@ class RouterCluster:
                 shard = cluster_shard(base / f"shard-{n:04d}", cluster.cluster_token)
                 define_types(shard)
                 cluster.shards.append(shard)
-            ShardMap.create(SEED, [cluster.info(s) for s in cluster.shards]).save(cluster.map_path)
-            (base / "tokens.json").write_text(
-                json.dumps({token_digest(t): USERS[name] for name, t in tokens.items()})
-            )
+            cluster.write_map(SEED)
+            cluster.write_tokens_file(USERS, tokens)
             router = RouterProcess(
                 base, router_config(base, **anchor), tokens, cluster_token=cluster.cluster_token
             )
@@ -151,22 +168,6 @@ class RouterCluster:
             cluster.stop()
             raise
         return cluster
-
-    @property
-    def map_path(self) -> Path:
-        return self.base / "shards.json"
-
-    def info(self, shard: ShardProcess) -> ShardInfo:
-        return ShardInfo(f"shard-{self.shards.index(shard):04d}", shard.url)
-
-    def shard_map(self) -> ShardMap:
-        return ShardMap.load(self.map_path)
-
-    def shard(self, shard_id: str) -> ShardProcess:
-        return self.shards[int(shard_id.removeprefix("shard-"))]
-
-    def owner(self, tenant: str) -> ShardProcess:
-        return self.shard(self.shard_map().route_write(tenant).id)
 
     def write(self, tenant: str, body: dict) -> None:
         """POST /v1/logs to the tenant's shard with the cluster token, as ingest does."""
@@ -205,14 +206,5 @@ class RouterCluster:
     def copy_store(self, shard: ShardProcess, to: Path) -> None:
         shutil.copytree(shard.base / "store", to)
 
-    def stop(self) -> None:
-        if self.router is not None:
-            self.router.stop()
-        for shard in self.shards:
-            shard.stop()
-
-    def __enter__(self) -> "RouterCluster":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def fronts(self) -> list:
+        return [self.router] if self.router is not None else []

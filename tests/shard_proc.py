@@ -22,6 +22,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from quipu.cluster.process_config import CLUSTER_GRANTS, CLUSTER_ROLE
 from quipu.core.schema import default_actor_type, default_target_type
 from quipu.shard.auth import token_digest
 
@@ -36,7 +37,8 @@ START_TIMEOUT = 30.0
 
 
 def write_keys(directory: Path) -> dict:
-    """An HMAC secret and a 2048-bit RSA pair, as a shard config's `keys` section."""
+    """An HMAC secret and a 2048-bit RSA pair, as the `keys` section of a shard config (or of
+    a cluster.yaml, which takes the same three files)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "hmac.key").write_bytes(secrets.token_bytes(32))
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -79,6 +81,47 @@ def shard_config(base: Path, tokens: dict[str, str], **sections: object) -> dict
     return config
 
 
+def start_process(
+    command: list[str], log_path: Path, *, ready_prefix: str = READY_PREFIX, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """Start `command` (stderr appended to `log_path`) and wait for the `ready_prefix` + URL
+    line that `quipu shard|router|ingest serve` print once bound: the process and that URL.
+    The URL says which port a `listen` of port 0 got. A process that exits or stays silent
+    for START_TIMEOUT is stopped and the error carries its log."""
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=open(log_path, "ab"),  # noqa: SIM115 - the child owns it
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith(ready_prefix):
+            return proc, line[len(ready_prefix) :].strip()
+        if not line and proc.poll() is not None:
+            break
+    stop_process(proc)
+    name = ready_prefix.removesuffix(" listening on ")
+    raise RuntimeError(f"{name} did not start; log:\n{log_path.read_text(errors='replace')}")
+
+
+def stop_process(proc: subprocess.Popen) -> int:
+    """SIGTERM, so the process drains and flushes, and wait; SIGKILL if that takes over 30 s.
+    Its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return proc.returncode
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
@@ -100,6 +143,35 @@ class Reply:
         assert isinstance(body, dict) and set(body) == {"error"}, body
         assert isinstance(body["error"], str) and body["error"], body
         return body["error"]
+
+
+def http_request(
+    url: str,
+    method: str,
+    path: str,
+    body: object = None,
+    *,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+    timeout: float = 60,
+) -> Reply:
+    """One HTTP request on a fresh connection (so SO_REUSEPORT spreads them over workers):
+    `body` sent as JSON unless `raw` bytes are given, `token` as a bearer token."""
+    hdrs = dict(headers or {})
+    if token is not None:
+        hdrs["Authorization"] = f"Bearer {token}"
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    if data is not None:
+        hdrs.setdefault("Content-Type", "application/json")
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request(method, path, body=data, headers=hdrs)
+        r = conn.getresponse()
+        return Reply(r.status, dict(r.getheaders()), r.read())
+    finally:
+        conn.close()
 
 
 @dataclass
@@ -146,27 +218,17 @@ class ShardProcess:
         tmp.write_text(yaml.safe_dump(self.config))
         os.replace(tmp, self.config_path)
 
+    @property
+    def log_path(self) -> Path:
+        return self.base / "shard.log"
+
     def launch(self) -> None:
         """Start the process and wait for its 'listening on' line (the bound port)."""
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "quipu.cli.main", "shard", "serve", str(self.config_path)],
-            stdout=subprocess.PIPE,
-            stderr=open(self.base / "shard.log", "ab"),  # noqa: SIM115 - the child owns it
-            text=True,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if line.startswith(READY_PREFIX):
-                self.url = line[len(READY_PREFIX) :].strip()
-                return
-            if not line and self.proc.poll() is not None:
-                break
-        self.stop()
-        raise RuntimeError(f"shard did not start; log:\n{self.log()}")
+        command = [sys.executable, "-m", "quipu.cli.main", "shard", "serve", str(self.config_path)]
+        self.proc, self.url = start_process(command, self.log_path)
 
     def log(self) -> str:
-        return (self.base / "shard.log").read_text(errors="replace")
+        return self.log_path.read_text(errors="replace")
 
     def request(
         self,
@@ -179,21 +241,8 @@ class ShardProcess:
         headers: dict[str, str] | None = None,
         raw: bytes | None = None,
     ) -> "Reply":
-        hdrs = dict(headers or {})
         token = token if token is not None else (self.tokens[role] if role else None)
-        if token is not None:
-            hdrs["Authorization"] = f"Bearer {token}"
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        if data is not None:
-            hdrs.setdefault("Content-Type", "application/json")
-        parts = urlsplit(self.url)
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-        try:
-            conn.request(method, path, body=data, headers=hdrs)
-            r = conn.getresponse()
-            return Reply(r.status, dict(r.getheaders()), r.read())
-        finally:
-            conn.close()
+        return http_request(self.url, method, path, body, token=token, headers=headers, raw=raw)
 
     def json(self, method: str, path: str, body: object = None, **kw: object) -> tuple[int, object]:
         r = self.request(method, path, body, **kw)
@@ -230,14 +279,8 @@ class ShardProcess:
             self.proc.stdout.close()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
+        if self.proc is not None:
+            stop_process(self.proc)
 
     def restart(self) -> None:
         self.stop()
@@ -248,6 +291,28 @@ class ShardProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def cluster_shard(
+    base: Path, cluster_token: str, entries: dict[str, object] | None = None, **auth: object
+) -> ShardProcess:
+    """A started shard that also takes the cluster token as the supervisor configures it
+    (CLUSTER_ROLE, tenant *, every action) and `entries` (token -> config entry); `auth`
+    replaces keys of its auth section.
+    Its port is then pinned in its config, so a restart keeps the URL the shard map names."""
+    shard = ShardProcess.prepare(base)
+    section = shard.config["auth"]
+    section["tokens"][token_digest(cluster_token)] = {"role": CLUSTER_ROLE, "tenant": "*"}
+    shard.tokens[CLUSTER_ROLE] = cluster_token
+    for token, entry in (entries or {}).items():
+        section["tokens"][token_digest(token)] = entry
+    section["grants"][CLUSTER_ROLE] = CLUSTER_GRANTS
+    section.update(auth)
+    shard.write_config()
+    shard.launch()
+    shard.config["listen"] = urlsplit(shard.url).netloc
+    shard.write_config()
+    return shard
 
 
 def append_request(

@@ -5,8 +5,8 @@ import os
 import signal
 from pathlib import Path
 
-from cluster_proc import Cluster, write_key_files
-from shard_proc import append_request, wait_until
+from cluster_proc import Cluster
+from shard_proc import append_request, wait_until, write_keys
 
 from quipu.cluster.tokens import issue_token, token_entry
 from quipu.shard.auth import token_digest
@@ -66,7 +66,7 @@ def test_first_up_generates_keys_and_an_admin_token_and_a_second_up_generates_no
 
 
 def test_a_production_yaml_pointing_at_existing_key_files_generates_nothing(tmp_path):
-    keys = write_key_files(tmp_path / "secrets" / "keys")
+    keys = write_keys(tmp_path / "secrets" / "keys")
     tokens_file = tmp_path / "secrets" / "tokens.yaml"
     admin, _ = issue_token(tokens_file, token_entry("admin", "*"))
     cluster = Cluster.prepare(

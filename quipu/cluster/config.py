@@ -166,7 +166,8 @@ def _read(path: Path, shown: str) -> ClusterConfig:
         data_dir=data_dir,
         shards=_shards(top.raw("shards"), base),
         router_listen=parse_address(router.text("listen"), router.path("listen"), min_port=1),
-        anchor_interval_secs=_anchor_interval(router),
+        # An anchor is what makes a rolled-back shard visible: it cannot be switched off.
+        anchor_interval_secs=router.positive("anchor_interval_secs", 300.0),
         anchor_export_url=_export_url(router),
         ingest_listen=parse_address(ingest.text("listen"), ingest.path("listen"), min_port=1),
         ingest_workers=ingest.integer("workers", 2),
@@ -224,13 +225,6 @@ def _shard_info(shard_id: str, url: str, f: Fields) -> ShardInfo:
         raise BadInput(f"{f.path('url')}: expected http://HOST:PORT") from err
 
 
-def _anchor_interval(router: Fields) -> float:
-    secs = router.optional_positive("anchor_interval_secs", 300.0)
-    if secs is None:  # an anchor is what makes a rolled-back shard visible: never off
-        raise BadInput(f"{router.path('anchor_interval_secs')}: expected a positive number of seconds")
-    return secs
-
-
 def _export_url(router: Fields) -> str | None:
     url = router.optional_text("anchor_export_url")
     if url is not None and not re.fullmatch(r"https?://\S+", url):
@@ -243,7 +237,7 @@ def _keys(obj: object, base: Path, data_dir: Path) -> KeyFiles:
     defaults = ("keys/hmac.key", "keys/rsa.pub.pem", "keys/rsa.pem")
     f = Fields(obj, "keys", names)
     paths = {
-        name: base / f.text(name) if f.has(name) else data_dir / default
+        name: f.optional_file_path(name, base) or data_dir / default
         for name, default in zip(names, defaults, strict=True)
     }
     return KeyFiles(**paths)

@@ -36,13 +36,8 @@ def shard_config(config: ClusterConfig, shard: ShardInfo, cluster_token_digest: 
 
 
 def router_config(config: ClusterConfig) -> dict:
-    host, port = config.router_listen
     return {
-        "listen": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-        "shard_map": str(config.shard_map_path),
-        "tokens_file": str(config.tokens_file),
-        "grants": dict(config.grants),
-        "max_concurrent_queries": config.max_concurrent_queries,
+        **_front_config(config, config.router_listen),
         "anchor": {
             "private_key_pem_file": str(config.keys.private_key_pem_file),
             "public_key_pem_file": str(config.keys.public_key_pem_file),
@@ -50,21 +45,28 @@ def router_config(config: ClusterConfig) -> dict:
             "interval_secs": config.anchor_interval_secs,
             "export_url": config.anchor_export_url,
         },
-        "limits": {"max_body_bytes": config.max_body_bytes},
     }
 
 
 def ingest_config(config: ClusterConfig) -> dict:
-    host, port = config.ingest_listen
+    return {
+        **_front_config(config, config.ingest_listen),
+        "router_url": address_url(config.router_listen),
+        "reuse_port": True,  # every worker binds the one public port
+    }
+
+
+def _front_config(config: ClusterConfig, listen: tuple[str, int]) -> dict:
+    """What the router's and the ingest workers' configs share: both authenticate the users'
+    tokens (one token file, one set of grants and query cap) and read the one shard map."""
+    host, port = listen
     return {
         "listen": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "shard_map": str(config.shard_map_path),
-        "router_url": address_url(config.router_listen),
         "tokens_file": str(config.tokens_file),
         "grants": dict(config.grants),
         "max_concurrent_queries": config.max_concurrent_queries,
         "limits": {"max_body_bytes": config.max_body_bytes},
-        "reuse_port": True,  # every worker binds the one public port
     }
 
 

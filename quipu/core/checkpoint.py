@@ -9,18 +9,17 @@ are appended to `checkpoints.log`, one JSON object per line.
 
 import base64
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import orjson
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from quipu.core.errors import UnsupportedFormat
+from quipu.core.files import append_line, drop_torn_line
 from quipu.core.keyring import RsaKey
+from quipu.core.signature import rsassa_pkcs1_v15_sign, rsassa_pkcs1_v15_verify
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +33,18 @@ AnchorHook = Callable[["Checkpoint"], None]
 
 class _SignedRecord:
     """What checkpoints and re-key events share: an RSA PKCS#1 v1.5 / SHA-256 signature
-    over `signed_bytes()`, made with a key ring version and checked with its public key."""
+    (quipu/core/signature.py) over `signed_bytes()`, made with a key ring version and
+    checked with its public key."""
 
     def signed_with(self, key: RsaKey):
         """This record with `key`'s version and signature."""
         if key.private is None:
             raise ValueError("signing needs the private key")
         unsigned = replace(self, key_version=key.version, signature=b"")
-        sig = key.private.sign(unsigned.signed_bytes(), padding.PKCS1v15(), hashes.SHA256())
-        return replace(unsigned, signature=sig)
+        return replace(unsigned, signature=rsassa_pkcs1_v15_sign(key.private, unsigned.signed_bytes()))
 
     def signature_valid(self, public: rsa.RSAPublicKey) -> bool:
-        try:
-            public.verify(self.signature, self.signed_bytes(), padding.PKCS1v15(), hashes.SHA256())
-        except InvalidSignature:
-            return False
-        return True
+        return rsassa_pkcs1_v15_verify(public, self.signed_bytes(), self.signature)
 
 
 def _lines(fields: tuple) -> bytes:
@@ -202,12 +197,7 @@ class CheckpointLog:
 
     def append(self, checkpoint: "Checkpoint | RekeyEvent") -> None:
         """Append one line and fsync it before anyone (the anchor hook) is told."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, checkpoint.to_json() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_line(self.path, checkpoint.to_json())
 
     def entries(self) -> list[CheckpointEntry]:
         if not self.path.exists():
@@ -230,12 +220,6 @@ class CheckpointLog:
     def _drop_torn_line(self) -> None:
         """A crash mid-append leaves a last line without its newline: it was never
         acknowledged (fsync had not returned), so it is cut off."""
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            log.warning("%s: dropping a torn last line of %d bytes", self.path, len(data) - keep)
-            with open(self.path, "r+b") as f:
-                f.truncate(keep)
-                os.fsync(f.fileno())
+        dropped = drop_torn_line(self.path)
+        if dropped:
+            log.warning("%s: dropping a torn last line of %d bytes", self.path, dropped)

@@ -51,6 +51,33 @@ def replace_durably(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def append_line(path: Path, line: bytes) -> None:
+    """Append `line` and a newline to an append-only NDJSON log (checkpoints, anchors) and
+    fsync it before returning, so whoever is told next (a hook) is told of a durable line."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def drop_torn_line(path: Path) -> int:
+    """Cut off a last line without its newline, what a crash mid-`append_line` leaves: it
+    was never acknowledged (fsync had not returned). The bytes dropped (0: none, or no file),
+    for the caller to log."""
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return 0
+    keep = data.rfind(b"\n") + 1
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+        os.fsync(f.fileno())
+    return len(data) - keep
+
+
 @contextmanager
 def classify_disk_full(what: str) -> Iterator[None]:
     """Turn ENOSPC/EDQUOT into StorageFull, the one place the engine classifies a full disk."""

@@ -6,7 +6,7 @@ shard map and the token table are files re-read when they change, so a grow or a
 reaches a running worker without a restart.
 """
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -21,7 +21,7 @@ from quipu.router.shard_client import ShardClient, ShardDown
 from quipu.router.shard_map import ShardMapFile
 from quipu.shard.api import IDEMPOTENCY_HEADER
 from quipu.shard.batch import parse_batch
-from quipu.shard.http_edge import Handler, error_middleware, error_response, json_response
+from quipu.shard.http_edge import error_middleware, json_response, status_middleware
 from quipu.shard.permissions import Action
 from quipu.shard.token_file import TokenFile
 
@@ -32,7 +32,8 @@ routes = web.RouteTableDef()
 def make_app(config: IngestConfig) -> web.Application:
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[error_middleware(process="ingest"), shard_down_middleware()],
+        # A shard that cannot be reached is a 503 + Retry-After for this request only.
+        middlewares=[error_middleware(process="ingest"), status_middleware(statuses={ShardDown: 503})],
     )
     app[CONFIG] = config
     app.router.add_routes(routes)
@@ -42,19 +43,6 @@ def make_app(config: IngestConfig) -> web.Application:
     app.router.add_route("*", "/metrics", forward)
     app.cleanup_ctx.append(ingest_context)
     return app
-
-
-def shard_down_middleware() -> Callable:
-    """A shard that cannot be reached is a 503 + Retry-After for this request only."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ShardDown as err:
-            return error_response(503, str(err))
-
-    return middleware
 
 
 async def ingest_context(app: web.Application) -> AsyncIterator[None]:

@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from quipu.core.errors import Overloaded
+from quipu.shard.http_edge import cut_off
 
 log = logging.getLogger("quipu.ingest")
 HOP_BY_HOP = frozenset(
@@ -109,12 +110,9 @@ async def _relay_body(
         async for chunk in upstream.content.iter_any():
             await response.write(chunk)
     except (TimeoutError, aiohttp.ClientError, ConnectionResetError) as err:
-        # Headers are out: no error answer is possible. Abort, so that no chunked
-        # terminator makes the part sent look like the whole answer. (Also where the
-        # caller went away: then there is no one to answer.)
+        # Headers are out (also where the caller went away: then there is no one to answer).
         log.warning("a forwarded answer broke off (%s); closing the caller's connection", type(err).__name__)
-        if request.transport is not None:
-            request.transport.abort()
+        cut_off(request)
         return response
     await response.write_eof()
     return response

@@ -5,13 +5,12 @@ answer the cluster's total plus each shard's own figure. Proofs are per store: i
 answered by the shard whose store holds the log_id, consistency needs the shard named.
 """
 
-from importlib import resources
-
 from aiohttp import web
 
 from quipu.core.errors import BadInput, NotFound
 from quipu.core.query_spec import AccessQuery
 from quipu.core.row import canonical_log_id
+from quipu.router.openapi import OPENAPI_DOCUMENT
 from quipu.router.paging import access_page
 from quipu.router.shard_client import ShardDown
 from quipu.router.state import expect, router_state, unbound_only
@@ -146,9 +145,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 @routes.get("/v1/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
-    """The shard's document: the router serves the same v1 API."""
-    body = resources.files("quipu.shard").joinpath("openapi.json").read_bytes()
-    return web.Response(body=body, content_type="application/json")
+    """The cluster's document (quipu/router/openapi.py), built when the app was made."""
+    return web.Response(body=request.app[OPENAPI_DOCUMENT], content_type="application/json")
 
 
 @routes.post("/v1/logs")

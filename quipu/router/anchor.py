@@ -8,24 +8,24 @@ shards (and handed to an export hook), so later `verify` can demand a consistenc
 from each anchored head to the shard's current tree, and compare the map with the one the
 anchor saw. Format in docs/format.md ("Anchors").
 
-Signature: RSA PKCS#1 v1.5 over SHA-256 of `quipu-anchor-v1\\x00` + the canonical JSON
-(orjson, sorted keys) of every field but `signature`. The tag keeps an anchor signature
-from ever being valid as a checkpoint's (and the other way round).
+Signature: RSA PKCS#1 v1.5 over SHA-256 (quipu/core/signature.py) of the tag
+`quipu-anchor-v1\\x00` and then the canonical JSON (orjson, sorted keys) of every field but
+`signature`. The tag keeps an anchor signature from ever being valid as a checkpoint's (and
+the other way round).
 """
 
 import base64
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import orjson
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from quipu.core.errors import BadInput, UnsupportedFormat
+from quipu.core.files import append_line, drop_torn_line
 from quipu.core.keyring import RsaKey
+from quipu.core.signature import rsassa_pkcs1_v15_sign, rsassa_pkcs1_v15_verify
 
 log = logging.getLogger(__name__)
 FORMAT = "quipu-anchor"
@@ -74,15 +74,10 @@ class Anchor:
         if key.private is None:
             raise BadInput("signing an anchor needs the private key (anchor.private_key_pem_file)")
         unsigned = replace(self, key_version=key.version, signature=b"")
-        sig = key.private.sign(unsigned.signed_bytes(), padding.PKCS1v15(), hashes.SHA256())
-        return replace(unsigned, signature=sig)
+        return replace(unsigned, signature=rsassa_pkcs1_v15_sign(key.private, unsigned.signed_bytes()))
 
     def signature_valid(self, public: rsa.RSAPublicKey) -> bool:
-        try:
-            public.verify(self.signature, self.signed_bytes(), padding.PKCS1v15(), hashes.SHA256())
-        except InvalidSignature:
-            return False
-        return True
+        return rsassa_pkcs1_v15_verify(public, self.signed_bytes(), self.signature)
 
     def to_json(self) -> dict:
         return self.body() | {"signature": base64.b64encode(self.signature).decode()}
@@ -133,12 +128,7 @@ class AnchorLog:
 
     def append(self, anchor: Anchor) -> None:
         """Append one line and fsync it before anyone (the export hook) is told."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, orjson.dumps(anchor.to_json()) + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_line(self.path, orjson.dumps(anchor.to_json()))
 
     def entries(self) -> list[AnchorEntry]:
         if not self.path.exists():
@@ -157,15 +147,9 @@ class AnchorLog:
     def _drop_torn_line(self) -> None:
         """A crash mid-append leaves a last line without its newline; it was never
         acknowledged (fsync had not returned), so it is cut off."""
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            log.warning("%s: dropping a torn last line of %d bytes", self.path, len(data) - keep)
-            with open(self.path, "r+b") as f:
-                f.truncate(keep)
-                os.fsync(f.fileno())
+        dropped = drop_torn_line(self.path)
+        if dropped:
+            log.warning("%s: dropping a torn last line of %d bytes", self.path, dropped)
 
 
 def latest_heads(anchors: list[Anchor]) -> dict[str, Head]:

@@ -19,6 +19,7 @@ from quipu.router import admin, cluster_api, reads
 from quipu.router.anchor import AnchorLog
 from quipu.router.anchoring import EXPORT_TIMEOUT_SECS, periodic_anchors
 from quipu.router.config import RouterConfig
+from quipu.router.openapi import OPENAPI_DOCUMENT, cluster_document_bytes
 from quipu.router.shard_client import CLUSTER_TOKEN_ENV, ShardClient
 from quipu.router.shard_map import ShardMapFile
 from quipu.router.state import ROUTER, ExportHook, RouterState, shard_errors_middleware
@@ -46,6 +47,7 @@ def make_app(
     app[CONFIG] = config
     app[TOKEN] = token
     app[HOOK] = export_hook
+    app[OPENAPI_DOCUMENT] = cluster_document_bytes()
     for module in (reads, admin, cluster_api):
         app.router.add_routes(module.routes)
     app.cleanup_ctx.append(router_context)

@@ -21,7 +21,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from quipu.core.errors import BadInput
 from quipu.core.keyring import KeyRing, RsaKey
 from quipu.shard.config import parse_address, read_config_file
-from quipu.shard.config_fields import Fields
+from quipu.shard.config_fields import Fields, read_named_file
 from quipu.shard.permissions import PermissionPolicy
 
 TOP_LEVEL = (
@@ -77,15 +77,8 @@ def router_config_from_json(obj: object, base: Path) -> RouterConfig:
         max_concurrent_queries=top.optional_integer("max_concurrent_queries", 4),
         anchor=_anchor(top.raw("anchor"), base),
         max_body_bytes=limits.integer("max_body_bytes", DEFAULT_MAX_BODY, minimum=1024),
-        shard_timeout_secs=_timeout(top),
+        shard_timeout_secs=top.positive("shard_timeout_secs", 30.0),
     )
-
-
-def _timeout(top: Fields) -> float:
-    timeout = top.optional_positive("shard_timeout_secs", 30.0)
-    if timeout is None:
-        raise BadInput("shard_timeout_secs: must not be null; remove the key to use its default (30)")
-    return timeout
 
 
 def _anchor(obj: object, base: Path) -> AnchorSection:
@@ -106,8 +99,8 @@ def _anchor(obj: object, base: Path) -> AnchorSection:
 def _signing_key(f: Fields, base: Path) -> RsaKey:
     private_path = f.file_path("private_key_pem_file", base)
     public_path = f.optional_file_path("public_key_pem_file", base)
-    private_pem = _read(private_path, f.path("private_key_pem_file"))
-    public_pem = None if public_path is None else _read(public_path, f.path("public_key_pem_file"))
+    private_pem = read_named_file(private_path, f.path("private_key_pem_file"))
+    public_pem = None if public_path is None else read_named_file(public_path, f.path("public_key_pem_file"))
     try:
         key = RsaKey.from_pem(ANCHOR_KEY_VERSION, public_pem, private_pem)
     except (ValueError, TypeError, UnsupportedAlgorithm, BadInput) as err:
@@ -117,11 +110,3 @@ def _signing_key(f: Fields, base: Path) -> RsaKey:
     if key.private is not None and key.private.public_key().public_numbers() != key.public.public_numbers():
         raise BadInput("anchor: the public and the private key files are not one key pair")
     return key
-
-
-def _read(path: Path, where: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise BadInput(f"{where}: cannot read {path} ({reason}); check the path and its permissions") from err

@@ -1,4 +1,5 @@
-"""The router's own counters, rendered as Prometheus text format 0.0.4.
+"""The router's own counters, rendered as Prometheus text format 0.0.4 with the shard's
+pieces (quipu/shard/metrics.py).
 
 The router adds nothing to the shards' figures (scrape each shard for those); it counts
 what only it sees: requests by route template and status, shard calls by shard and outcome,
@@ -8,7 +9,7 @@ anchors signed and refused. Route templates never carry path values (ids are val
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from quipu.shard.metrics import Counter, LabeledCounter, escape_label_value
+from quipu.shard.metrics import Counter, LabeledCounter, format_value, label_set, write_family
 
 # (family, HELP, label names) of the labeled counters; a label value is "a|b" for two labels.
 _LABELED = (
@@ -44,20 +45,14 @@ class RouterMetrics:
         """The counters plus `gauges` (name -> (HELP, value))."""
         lines: list[str] = []
         for attr, name, help_text, labels in _LABELED:
-            _family(lines, name, "counter", help_text)
+            write_family(lines, name, "counter", help_text)
             for key, value in sorted(getattr(self, attr).values().items()):
                 pairs = zip(labels, key.split("|", len(labels) - 1), strict=True)
-                text = ",".join(f'{label}="{escape_label_value(v)}"' for label, v in pairs)
-                lines.append(f"{name}{{{text}}} {value}")
+                lines.append(f"{name}{label_set(pairs)} {value}")
         for attr, name, help_text in _COUNTERS:
-            _family(lines, name, "counter", help_text)
+            write_family(lines, name, "counter", help_text)
             lines.append(f"{name} {getattr(self, attr).value}")
         for name, (help_text, value) in gauges.items():
-            _family(lines, name, "gauge", help_text)
-            lines.append(f"{name} {float(value)!r}")
+            write_family(lines, name, "gauge", help_text)
+            lines.append(f"{name} {format_value(float(value))}")
         return "\n".join(lines) + "\n"
-
-
-def _family(lines: list[str], name: str, kind: str, help_text: str) -> None:
-    lines.append(f"# HELP {name} {help_text}")
-    lines.append(f"# TYPE {name} {kind}")

@@ -18,10 +18,9 @@ from quipu.router.cursor import MultiCursor, Position
 from quipu.router.merge import ShardPage, access_key, advance_by_leaf, advance_by_skip, log_key, merge_rows
 from quipu.router.shard_map import ShardInfo
 from quipu.router.state import RouterState, ShardFailed, expect
+from quipu.shard.api import NEXT_CURSOR_HEADER, SNAPSHOT_HEADER
 from quipu.shard.state import require_tenant_match
 
-NEXT_CURSOR_HEADER = "X-Quipu-Next-Cursor"
-SNAPSHOT_HEADER = "X-Quipu-Snapshot"
 REBASE_SKIP = MAX_LIMIT // 2  # past this many skipped rows, fetch the shard's cursor for them
 
 

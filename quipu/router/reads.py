@@ -18,10 +18,11 @@ from aiohttp import web
 from quipu.core.errors import BadInput, NotFound, QuipuError
 from quipu.core.schema import ColumnDef, TypeSchema, validate_type_name
 from quipu.router.merge import log_key, merge_streams
-from quipu.router.paging import NEXT_CURSOR_HEADER, log_page, read_query
+from quipu.router.paging import log_page, read_query
 from quipu.router.shard_client import ShardReply
 from quipu.router.state import RouterState, expect, router_state, shard_error, unbound_only
-from quipu.shard.http_edge import json_response, parse_json, read_json
+from quipu.shard.api import NEXT_CURSOR_HEADER
+from quipu.shard.http_edge import cut_off, json_response, parse_json, read_json
 from quipu.shard.permissions import Action
 
 log = logging.getLogger("quipu.router")
@@ -81,8 +82,7 @@ async def export_logs(request: web.Request) -> web.StreamResponse:
             except (QuipuError, aiohttp.ClientError, ValueError) as err:
                 # Headers are out: a clean end would pass a short export off as whole.
                 log.error("export cut off: a shard failed mid-stream (%s)", type(err).__name__)
-                if request.transport is not None:
-                    request.transport.abort()
+                cut_off(request)
                 return response
             await response.write_eof()
     return response

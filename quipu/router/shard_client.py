@@ -15,8 +15,8 @@ import orjson
 
 from quipu.core.errors import QuipuError
 from quipu.router.shard_map import ShardInfo
+from quipu.shard.state import TENANT_HEADER
 
-TENANT_HEADER = "X-Quipu-Tenant"
 CLUSTER_TOKEN_ENV = "QUIPU_CLUSTER_TOKEN"  # the fronts' credential for the shards, never argv
 
 

@@ -32,7 +32,7 @@ from quipu.router.metrics import RouterMetrics
 from quipu.router.shard_client import ShardClient, ShardDown, ShardReply
 from quipu.router.shard_map import ShardInfo, ShardMap, ShardMapFile
 from quipu.shard.auth import ANY_TENANT, Principal
-from quipu.shard.http_edge import Handler, error_response
+from quipu.shard.http_edge import status_middleware
 from quipu.shard.permissions import Action
 from quipu.shard.state import request_tenant
 from quipu.shard.token_file import TokenFile
@@ -154,14 +154,4 @@ def _message(reply: ShardReply) -> str | None:
 def shard_errors_middleware() -> Callable:
     """ShardDown -> 503 + Retry-After, ShardFailed -> 502; inside http_edge's error middleware,
     which renders every other error."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ShardDown as err:
-            return error_response(503, str(err))
-        except ShardFailed as err:
-            return error_response(502, str(err))
-
-    return middleware
+    return status_middleware(statuses={ShardDown: 503, ShardFailed: 502})

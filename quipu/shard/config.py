@@ -23,7 +23,7 @@ from quipu.core.keyring import HmacKey, KeyRing, RsaKey
 from quipu.core.retention import MICROS_PER_DAY, RetentionPolicy
 from quipu.core.sync import SyncPolicy
 from quipu.shard.auth import AuthConfig
-from quipu.shard.config_fields import Fields, type_name
+from quipu.shard.config_fields import Fields, read_named_file, type_name
 
 # The reference server's sections, plus `pipeline` (ours).
 TOP_LEVEL = (
@@ -315,8 +315,8 @@ def _rsa_key(version: int, f: Fields, base: Path) -> RsaKey:
     if public_path is None and private_path is None:
         raise BadInput(f"{f.where}: give public_key_pem_file, private_key_pem_file or both")
     where = f.path("private_key_pem_file" if private_path else "public_key_pem_file")
-    public_pem = None if public_path is None else _read_pem(public_path, f.path("public_key_pem_file"))
-    private_pem = None if private_path is None else _read_pem(private_path, where)
+    public_pem = None if public_path is None else read_named_file(public_path, f.path("public_key_pem_file"))
+    private_pem = None if private_path is None else read_named_file(private_path, where)
     try:
         key = RsaKey.from_pem(version, public_pem, private_pem)
     except (ValueError, TypeError, UnsupportedAlgorithm) as err:
@@ -334,14 +334,6 @@ def _rsa_key(version: int, f: Fields, base: Path) -> RsaKey:
     ):
         raise BadInput(f"{f.where}: the public and the private key files are not one key pair")
     return key
-
-
-def _read_pem(path: Path, where: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise BadInput(f"{where}: cannot read {path} ({reason}); check the path and its permissions") from err
 
 
 def _health(obj: object) -> HealthSection:
@@ -370,7 +362,7 @@ def _tls(obj: object, base: Path) -> TlsSection:
     f = Fields(obj, "tls", ("cert_pem_file", "key_pem_file"))
     paths = {key: f.file_path(key, base) for key in ("cert_pem_file", "key_pem_file")}
     for key, path in paths.items():
-        _read_pem(path, f.path(key))  # readable now, not first when the listener starts
+        read_named_file(path, f.path(key))  # readable now, not first when the listener starts
     return TlsSection(**paths)
 
 

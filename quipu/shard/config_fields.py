@@ -110,11 +110,17 @@ class Fields:
             raise BadInput(f"{self.path(key)}: must be between 0 and 1, got {number}")
         return number
 
+    def positive(self, key: str, default: "float | _Required" = REQUIRED) -> float:
+        """A positive number that cannot be switched off (null is an error)."""
+        found, value = self._value(key, default, nullable=False)
+        return self._positive(key, value) if found else value  # type: ignore[return-value]
+
     def optional_positive(self, key: str, default: float | None) -> float | None:
         """A positive number, or null for "never" / "no limit"."""
         found, value = self._value(key, default, nullable=True)
-        if not found:
-            return value  # type: ignore[return-value]
+        return self._positive(key, value) if found else value  # type: ignore[return-value]
+
+    def _positive(self, key: str, value: object) -> float:
         number = self._number(key, value)
         if number <= 0:
             raise BadInput(f"{self.path(key)}: must be a positive number, got {number}")
@@ -152,3 +158,13 @@ class Fields:
     def optional_file_path(self, key: str, base: Path) -> Path | None:
         text = self.optional_text(key)
         return None if text is None else base / text
+
+
+def read_named_file(path: Path, where: str) -> bytes:
+    """The bytes of a file a key names (a PEM key, a certificate), read at load time so an
+    unreadable one stops the process with `where` (the key path) instead of failing later."""
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise BadInput(f"{where}: cannot read {path} ({reason}); check the path and its permissions") from err

@@ -7,7 +7,7 @@ goes to the shard's log, not to the caller).
 """
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
@@ -94,6 +94,32 @@ def error_middleware(*, process: str = "shard") -> Callable:
             return error_response(500, f"internal error; the {process} log has the details")
 
     return middleware
+
+
+def status_middleware(*, statuses: Mapping[type[Exception], int]) -> Callable:
+    """Answer each error class in `statuses` (checked in order) with its status. For the
+    errors the router and ingest fronts raise about shards (ShardDown, ShardFailed), which
+    live in quipu/router, so STATUS_BY_ERROR here cannot name them. Placed inside
+    error_middleware, which renders every other error."""
+    caught = tuple(statuses)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except caught as err:
+            status = next(status for cls, status in statuses.items() if isinstance(err, cls))
+            return error_response(status, str(err))
+
+    return middleware
+
+
+def cut_off(request: web.Request) -> None:
+    """End a streamed answer that failed after its headers went out, when no error answer
+    is possible: abort the connection, so that no chunked terminator makes the part sent
+    look like the whole answer."""
+    if request.transport is not None:
+        request.transport.abort()
 
 
 async def read_json(request: web.Request) -> object:

@@ -6,7 +6,9 @@ the writer is wedged (an operator needs the numbers most exactly then). Nothing 
 module-level mutable state, so two shards in one process keep separate metrics.
 
 `render_prometheus` writes text exposition format 0.0.4
-(https://prometheus.io/docs/instrumenting/exposition_formats/).
+(https://prometheus.io/docs/instrumenting/exposition_formats/); `write_family`,
+`label_set` and `format_value` are its pieces, which the router's metrics render with too,
+so both processes escape and format alike.
 """
 
 import math
@@ -159,41 +161,47 @@ def render_prometheus(metrics: PipelineMetrics, gauges: Mapping[str, float]) -> 
     lines: list[str] = []
     for attr, name, help_text in _COUNTER_HELP:
         counter: Counter = getattr(metrics, attr)
-        _family(lines, name, "counter", help_text)
+        write_family(lines, name, "counter", help_text)
         lines.append(f"{name} {counter.value}")
     _render_rejected(lines, metrics.emit_rejected)
     _render_histogram(lines, metrics.write_latency.snapshot())
     for name, help_text in GAUGE_HELP.items():
         if name in gauges:
-            _family(lines, name, "gauge", help_text)
-            lines.append(f"{name} {_number(float(gauges[name]))}")
+            write_family(lines, name, "gauge", help_text)
+            lines.append(f"{name} {format_value(float(gauges[name]))}")
     return "\n".join(lines) + "\n"
 
 
 def _render_rejected(lines: list[str], counter: LabeledCounter) -> None:
     name, help_text = _REJECTED
     seen = counter.values()
-    _family(lines, name, "counter", help_text)
+    write_family(lines, name, "counter", help_text)
     # Known reasons first (always present), then anything else a caller counted.
     for reason in (*REJECT_REASONS, *sorted(set(seen) - set(REJECT_REASONS))):
-        lines.append(f'{name}{{reason="{escape_label_value(reason)}"}} {seen.get(reason, 0)}')
+        lines.append(f"{name}{label_set([('reason', reason)])} {seen.get(reason, 0)}")
 
 
 def _render_histogram(lines: list[str], snap: HistogramSnapshot) -> None:
     name, help_text = _LATENCY
-    _family(lines, name, "histogram", help_text)
+    write_family(lines, name, "histogram", help_text)
     for bound, count in zip(snap.bounds, snap.cumulative, strict=True):
-        lines.append(f'{name}_bucket{{le="{_number(bound)}"}} {count}')
+        lines.append(f'{name}_bucket{{le="{format_value(bound)}"}} {count}')
     lines.append(f'{name}_bucket{{le="+Inf"}} {snap.count}')
-    lines.append(f"{name}_sum {_number(snap.sum)}")
+    lines.append(f"{name}_sum {format_value(snap.sum)}")
     lines.append(f"{name}_count {snap.count}")
 
 
-def _family(lines: list[str], name: str, kind: str, help_text: str) -> None:
+def write_family(lines: list[str], name: str, kind: str, help_text: str) -> None:
+    """A family's `# HELP` and `# TYPE` lines, appended to `lines`."""
     # HELP escapes only backslash and newline; a quote is literal there (format 0.0.4).
     escaped = help_text.replace("\\", "\\\\").replace("\n", "\\n")
     lines.append(f"# HELP {name} {escaped}")
     lines.append(f"# TYPE {name} {kind}")
+
+
+def label_set(pairs: Iterable[tuple[str, str]]) -> str:
+    """`{name="value",...}` with each value escaped."""
+    return "{" + ",".join(f'{name}="{escape_label_value(value)}"' for name, value in pairs) + "}"
 
 
 def escape_label_value(value: str) -> str:
@@ -201,7 +209,7 @@ def escape_label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _number(x: float) -> str:
+def format_value(x: float) -> str:
     """A sample value as Prometheus writes it: repr for finite floats, +Inf/-Inf/NaN else."""
     if math.isnan(x):
         return "NaN"
