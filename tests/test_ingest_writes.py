@@ -69,6 +69,21 @@ def test_a_write_without_a_key_is_given_one_it_can_be_retried_with(cluster):
     assert sum(cluster.recorded("keyless-co", actor_query("keyless")).values()) == 1
 
 
+def test_batch_events_without_a_key_are_told_the_one_they_can_be_retried_with(cluster):
+    given = str(uuid.uuid4())
+    items = [
+        append_request("batch-keyless", url="/a"),
+        {**append_request("batch-keyless"), "idempotency_key": given},
+    ]
+    first = _batch(cluster, "bk-co", items).json()["results"]
+    assert first[1]["idempotency_key"] == given
+    assigned = first[0]["idempotency_key"]
+    assert uuid.UUID(assigned).version == 4
+    again = _batch(cluster, "bk-co", [{**items[0], "idempotency_key": assigned}]).json()["results"]
+    assert [r["status"] for r in again] == ["duplicate"]
+    assert sum(cluster.recorded("bk-co", actor_query("batch-keyless")).values()) == 2
+
+
 def test_the_same_key_for_two_tenants_is_two_events(cluster):
     key = str(uuid.uuid4())
     assert cluster.write("twin-a", append_request("twins"), key=key).json() == {"status": "queued"}

@@ -62,6 +62,14 @@ def test_a_column_defined_through_the_router_is_on_every_shard(cluster):
     cluster.flush()
     rows = cluster.query({"actor_type": "default_actor", "actor_id": "col-user"}).json()
     assert len(rows) == len(TENANTS) and all(r["custom"] == {"region": {"Text": "eu"}} for r in rows)
+    status, columns = cluster.router.json("GET", "/v1/columns", token=cluster.tokens["auditor"])
+    assert status == 200 and [c["name"] for c in columns] == ["region"]
+
+
+@pytest.mark.parametrize("path", ["/v1/types", "/v1/columns"])
+def test_definitions_are_listed_to_any_granted_role_and_to_no_other(cluster, path):
+    assert cluster.router.request("GET", path, token=cluster.tokens["auditor"]).status == 200
+    cluster.router.request("GET", path, token=cluster.tokens["nobody"]).error(403)
 
 
 def test_an_entity_known_to_several_shards_is_listed_once_as_its_latest_version(cluster):

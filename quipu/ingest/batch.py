@@ -55,10 +55,12 @@ def _valid_key(item: object) -> str | None:
 
 
 class BatchResults:
-    """One result per event, by its index in the caller's batch."""
+    """One result per event, by its index in the caller's batch, each naming the event's
+    key: a key the front assigned is the caller's only way to retry that event safely."""
 
-    def __init__(self, size: int) -> None:
-        self._results: list[dict | None] = [None] * size
+    def __init__(self, keys: Sequence[str | None]) -> None:
+        self._keys = keys
+        self._results: list[dict | None] = [None] * len(keys)
 
     def fill(self, indices: Sequence[int], shard_results: Sequence[dict]) -> None:
         """The shard's results for the events `indices` (sent in that order), re-indexed."""
@@ -73,6 +75,9 @@ class BatchResults:
         """202 with every result, or 503 + Retry-After when every event is to be retried
         (as the shard answers): a client that looks only at the status still backs off."""
         results = [r if r is not None else _lost(i) for i, r in enumerate(self._results)]
+        for result, key in zip(results, self._keys, strict=True):
+            if key is not None:
+                result[BATCH_KEY_FIELD] = key
         counts = {s: sum(r["status"] == s for r in results) for s in STATUSES}
         if counts["retry"] == len(results):
             return json_response({"results": results, **counts}, 503, {"Retry-After": RETRY_AFTER_SECONDS})

@@ -61,7 +61,7 @@ async def write_batch(state: IngestState, tenant: str, batch: KeyedBatch) -> web
     """POST /v1/logs/batch: keys a previous owner knows answer `duplicate` here, the rest go
     to the owner in one call (split only if the shard finds the body too large); per-event
     results in the caller's order. A shard that is down makes its events `retry`."""
-    results = BatchResults(len(batch.items))
+    results = BatchResults(batch.keys)
     todo = list(range(len(batch.items)))
     tried: ShardInfo | None = None
     for fresh in (False, True):

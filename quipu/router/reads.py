@@ -131,7 +131,8 @@ async def list_columns(request: web.Request) -> web.Response:
 async def _union(request: web.Request, path: str, key: str) -> list[dict]:
     """The definitions every shard lists, each name once (the oldest shard's first)."""
     state = router_state(request)
-    state.caller(request)
+    principal, _ = state.caller(request)
+    state.tokens.policy.check_any(principal.role)
     replies = await state.call_all(list(state.map().shards.values()), "GET", path)
     seen: dict[str, dict] = {}
     for sid, reply in replies.items():

@@ -61,6 +61,11 @@ class PermissionPolicy:
         if not self.is_allowed(role, action):
             raise Forbidden(f"this token's role is not granted {action.value}")
 
+    def check_any(self, role: str) -> None:
+        """For what every granted caller may read (types, columns: emitters need them too)."""
+        if not any(self.is_allowed(role, a) for a in Action):
+            raise Forbidden("this token's role is granted no action")
+
 
 def _action(name: object, where: str) -> Action:
     try:
