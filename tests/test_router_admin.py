@@ -2,9 +2,11 @@
 and histories merged, proofs, admin calls with per-shard results, the access log merged,
 health, metrics, and writes refused."""
 
+import signal
+
 import pytest
 from router_proc import RouterCluster
-from shard_proc import append_request
+from shard_proc import append_request, wait_until
 
 from quipu.core.merkle import verify_consistency, verify_inclusion
 
@@ -193,3 +195,16 @@ def test_openapi_document_is_served(cluster):
 
 def test_an_unknown_path_is_a_json_404(cluster):
     cluster.router.request("GET", "/v1/nothing", token=cluster.tokens["admin"]).error(404)
+
+
+def test_a_shard_refusing_the_cluster_token_is_the_clusters_fault_not_the_callers(tmp_path):
+    with RouterCluster.start(tmp_path, shards=1) as lone:
+        shard = lone.shards[0]
+        shard.config["auth"]["grants"]["cluster"] = ["query"]  # administer taken away
+        shard.write_config()
+        shard.proc.send_signal(signal.SIGHUP)
+        wait_until(
+            lambda: shard.request("GET", "/v1/admin/dlq", token=lone.cluster_token).status == 403, "reload"
+        )
+        reply = lone.router.request("POST", "/v1/admin/flush", token=lone.tokens["admin"])
+        assert "shard-0000" in reply.error(502)

@@ -39,9 +39,10 @@ from quipu.shard.token_file import TokenFile
 
 ExportHook = Callable[[Anchor], None]
 # The shard's status -> the error the router raises, so http_edge's one table renders it.
+# No 401 or 403: the router calls with the cluster token, which names any tenant, so a
+# shard refusing it is the cluster's misconfiguration (502), never the caller's fault.
 ERROR_BY_STATUS: Mapping[int, type[QuipuError]] = {
     400: BadInput,
-    403: Forbidden,
     404: NotFound,
     409: Conflict,
     429: TooManyQueries,
