@@ -22,16 +22,11 @@ from importlib import resources
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, assume, example, given, note, settings
+from fuzzing import CONFORMANCE, fuzz_settings
+from hypothesis import assume, example, given, note
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 from shard_proc import ShardProcess
 
 from quipu.core.schema import default_actor_type, default_target_type
@@ -40,21 +35,8 @@ OPENAPI = resources.files("quipu.shard").joinpath("openapi.json")
 OPENAPI_PATH = str(OPENAPI)
 DOC_SCHEMAS = json.loads(OPENAPI.read_bytes())["components"]["schemas"]
 MICROS = DOC_SCHEMAS["Micros"]
-CONFORMANCE = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-    response_headers_conformance,
-]
 FUZZ_SEED = 20_260_101
-FUZZ_SETTINGS = settings(
-    max_examples=50,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
-)
+FUZZ_SETTINGS = fuzz_settings(50)
 
 # A batch may be sent as NDJSON; the document gives it as a string, sent as is. (schemathesis
 # keeps its serializers in a registry of its own: this registers for the whole process.)

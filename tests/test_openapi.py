@@ -20,7 +20,8 @@ import orjson
 import pytest
 import schemathesis
 from aiohttp import web
-from hypothesis import HealthCheck, given, settings
+from fuzzing import fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 from openapi_spec_validator import validate as validate_openapi
 from shard_proc import ShardProcess
@@ -46,13 +47,7 @@ DOC = json.loads(DOC_BYTES)
 # shared/ sits beside the repository, on a developer's machine and in CI alike.
 V1_PATH = Path(__file__).resolve().parents[2] / "shared" / "reference" / "quipu-server-v1-openapi.json"
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
-SETTINGS = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
-)
+SETTINGS = fuzz_settings(60)
 
 
 def _v1() -> dict:

@@ -17,17 +17,11 @@ import aiohttp
 import pytest
 import schemathesis
 from aiohttp import web
-from hypothesis import HealthCheck, settings
+from fuzzing import CONFORMANCE, fuzz_settings
 from openapi_spec_validator import validate as validate_openapi
 from router_proc import RouterCluster, router_config
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 from shard_proc import append_request
 
 from quipu.ingest.app import make_app as make_ingest_app
@@ -304,21 +298,8 @@ def test_the_ingest_front_forwards_the_document(cluster):
     assert status == 200 and body == DOC_BYTES
 
 
-CONFORMANCE = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-    response_headers_conformance,
-]
 FUZZ_SEED = 20_260_102
-FUZZ_SETTINGS = settings(
-    max_examples=30,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
-)
+FUZZ_SETTINGS = fuzz_settings(30)
 # Calls that change nothing: the fuzzer may make as many as it likes.
 READ_OPERATIONS = [
     "queryLogs",
