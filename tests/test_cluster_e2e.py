@@ -10,6 +10,7 @@ again (same key) until it is; exactly-once is then the cluster's job.
 
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -288,6 +289,7 @@ def _write_and_anchor(cluster: Cluster, tenants: list[str], per_tenant: int, sta
     _flush(cluster)
     result = cluster.cli("anchor", token=cluster.admin_token)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert re.match(r"anchor signed at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z ", result.stdout), result.stdout
 
 
 def _verify(cluster: Cluster) -> tuple[int, str]:

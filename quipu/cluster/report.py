@@ -15,6 +15,7 @@ from quipu.cluster.config import ClusterConfig
 from quipu.cluster.daemon import running_supervisor
 from quipu.cluster.grow import load_map
 from quipu.cluster.http_client import Reply, Unreachable, call, healthy
+from quipu.core.audit_store import rfc3339
 from quipu.core.errors import BadInput, QuipuError
 
 TOKEN_ENV = "QUIPU_TOKEN"
@@ -183,8 +184,10 @@ def anchor(config: ClusterConfig) -> list[str]:
     body = _router(config, "POST", "/v1/cluster/anchor")
     if not isinstance(body, dict):
         raise RouterRefused("the router's anchor answer is not an object")
+    signed_at = body.get("signed_at")
+    when = rfc3339(signed_at) if isinstance(signed_at, int) else signed_at
     lines = [
-        f"anchor signed at {body.get('signed_at')} (key version {body.get('key_version')})",
+        f"anchor signed at {when} (key version {body.get('key_version')})",
         f"shards.json sha256 {body.get('manifest_hash')}",
     ]
     rows = [("SHARD", "TREE SIZE", "MERKLE ROOT")]
